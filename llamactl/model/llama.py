@@ -1,0 +1,287 @@
+"""A pure-PyTorch Llama: the inner model that llamactl trains, evaluates and samples from.
+
+Module and parameter names follow Hugging Face (``embed_tokens``, ``layers.N.self_attn.q_proj``,
+``mlp.gate_proj``, ``input_layernorm``, ``norm``, ``lm_head``), and rotary embeddings use HF's
+half-split layout, so the weight table to ``transformers.LlamaForCausalLM`` is a rename of the
+``model.`` prefix and PEFT ``target_modules`` work unchanged.
+
+Numerics follow transformers operation for operation (RMSNorm in fp32, cos/sin computed in fp32
+then cast, SDPA with ``scale = head_dim ** -0.5``), which is what makes logits equal to the last
+bit-ish on CPU fp32. This module imports torch and the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from llamactl.model.config import LlamaConfig
+from llamactl.model.kv_cache import KVCache
+from llamactl.model.loss import IGNORE_INDEX, fused_linear_cross_entropy
+
+ActivationCheckpointing = Literal["none", "selective", "full"]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in fp32 and cast back (as transformers does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        h = x.to(torch.float32)
+        variance = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * h.to(input_dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def rope_inv_freq(config: LlamaConfig, device: torch.device | None = None) -> torch.Tensor:
+    """Rotary inverse frequencies, shape (head_dim // 2,), fp32, with ``rope_scaling`` applied.
+
+    ``llama3`` scaling (Llama 3.1/3.2) leaves high frequencies alone, divides low ones by
+    ``factor`` and interpolates smoothly between; ``linear`` divides all by ``factor``.
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (
+        torch.arange(0, dim, 2, dtype=torch.int64, device=device).to(torch.float32) / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    low_freq_factor = float(scaling["low_freq_factor"])
+    high_freq_factor = float(scaling["high_freq_factor"])
+    old_context_len = float(scaling["original_max_position_embeddings"])
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, inv_freq_llama)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q (B, nh, T, hd) and k (B, nkv, T, hd) by cos/sin (B, 1, T, hd)."""
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, nkv, S, hd) -> (B, nkv * n_rep, S, hd), each kv head repeated for its query group."""
+    if n_rep == 1:
+        return x
+    b, nkv, s, hd = x.shape
+    return x[:, :, None, :, :].expand(b, nkv, n_rep, s, hd).reshape(b, nkv * n_rep, s, hd)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention through ``scaled_dot_product_attention``."""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.n_rep = config.n_rep
+        self.scaling = self.head_dim ** -0.5
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v, cache_position)  # (B, nkv, S_max, hd)
+        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and t > 1, scale=self.scaling)
+        out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)  # (B, T, nh * hd)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        d, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, kv_cache, cache_position)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+@dataclass
+class LlamaOutput:
+    """What :meth:`Llama.forward` returns: ``loss`` when labels were given, ``logits`` when asked."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class Llama(nn.Module):
+    """Llama decoder with an LM head.
+
+    Construction allocates parameters but leaves their values to :meth:`init_weights`, so a
+    model can be built on the ``meta`` device, sharded, then materialised and filled.
+
+    Runtime attributes (not architecture, so not in the config):
+        activation_checkpointing: ``none``, ``selective`` (every second layer) or ``full``.
+        loss_chunk_size: tokens per chunk of the fused head + cross-entropy.
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self.activation_checkpointing: ActivationCheckpointing = "none"
+        self.loss_chunk_size = 4096
+
+    # ------------------------------------------------------------------ weights
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Fill every parameter as transformers does for a fresh Llama: N(0, initializer_range)
+        for linear and embedding weights, zero biases, ones for norms; recompute rotary buffers."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                if module is self.lm_head and self.config.tie_word_embeddings:
+                    continue
+                module.weight.normal_(0.0, std, generator=gen)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, std, generator=gen)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """Recompute the (non-persistent) rotary buffer, e.g. after ``to_empty``."""
+        self.inv_freq = rope_inv_freq(self.config, device=self.embed_tokens.weight.device)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    # ------------------------------------------------------------------ forward
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (B, 1, T, hd) for position_ids (B, T), computed in fp32 then cast."""
+        with torch.autocast(device_type=position_ids.device.type, enabled=False):
+            freqs = position_ids[:, :, None].to(torch.float32) * self.inv_freq.to(torch.float32)  # (B, T, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
+            cos, sin = emb.cos(), emb.sin()
+        return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
+
+    def forward_hidden(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
+                       attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                       cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, d).
+
+        Args:
+            input_ids: (B, T) token ids.
+            position_ids: (B, T) rotary positions; default ``cache_position`` or ``arange(T)``.
+            attn_mask: boolean (B, 1, T, S) with True where a query may attend; default causal.
+            kv_cache: a :class:`KVCache`; new keys/values are written at ``cache_position``.
+            cache_position: (T,) slots of the cache these tokens occupy.
+        """
+        b, t = input_ids.shape
+        if kv_cache is not None and cache_position is None:
+            raise ValueError("cache_position is required with a kv_cache")
+        if position_ids is None:
+            base = cache_position if cache_position is not None else torch.arange(t, device=input_ids.device)
+            position_ids = base[None, :].expand(b, t)
+        x = self.embed_tokens(input_ids)  # (B, T, d)
+        cos, sin = self.rope(position_ids, x.dtype)
+        ckpt = self.activation_checkpointing
+        for i, layer in enumerate(self.layers):
+            if self.training and (ckpt == "full" or (ckpt == "selective" and i % 2 == 0)):
+                x = checkpoint(layer, x, cos, sin, attn_mask, kv_cache, cache_position, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attn_mask, kv_cache, cache_position)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, cache_position: torch.Tensor | None = None,
+                return_logits: bool | None = None, logits_to_keep: int = 0) -> LlamaOutput:
+        """Run the model.
+
+        Args:
+            labels: (B, T) targets aligned with ``input_ids`` (shifted inside, as transformers
+                does); ``-100`` is ignored. When given, the loss is the mean next-token
+                cross-entropy, computed by the fused chunked head without materialising logits.
+            return_logits: return (B, T, V) logits; default: only when no labels are given.
+            logits_to_keep: with logits, keep only the last N positions (0 = all).
+        """
+        hidden = self.forward_hidden(input_ids, position_ids=position_ids, attn_mask=attn_mask,
+                                     kv_cache=kv_cache, cache_position=cache_position)
+        out = LlamaOutput()
+        if labels is not None:
+            targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # (B, T): token t predicts t+1
+            out.loss = fused_linear_cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1),
+                chunk_size=self.loss_chunk_size)
+        if return_logits or (return_logits is None and labels is None):
+            h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            out.logits = self.lm_head(h)
+        return out
