@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from llamactl.data.mds import SplitRecord, SplitWriter
 from llamactl.data.packing import TokenPacker
 from llamactl.data.tokenize import EncodeSpec, RawBatch, encode_stream
@@ -120,6 +122,101 @@ def pack_lm_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets
             else:
                 report(name)
             if all_full():
+                break
+        for t in targets:
+            if t.name not in records:
+                commit(t.name)
+    except BaseException:
+        for name, w in writers.items():
+            if name not in records:
+                w.abort()
+        raise
+    return records
+
+
+def pack_sft_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets: list[SplitTarget],
+                    tok, spec, seq_len: int, pad_id: int, pack: bool, overflow: str, token_dtype: str,
+                    compression: str | None, workers: int, progress: ProgressFn | None = None,
+                    fraction: Callable[[], float | None] | None = None) -> dict[str, SplitRecord]:
+    """Render, mask, pack and write instruction splits (columns ``tokens``, ``labels``, ``sequence_id``)."""
+    from llamactl.data import sft
+    from llamactl.data.tokenize import ordered_map, pool_map
+
+    if seq_len <= 0:
+        raise DataError(f"the sequence length must be positive, got {seq_len}")
+    t0 = time.monotonic()
+    columns = {"tokens": f"ndarray:{token_dtype}", "labels": "ndarray:int32", "sequence_id": "ndarray:int32"}
+    by_name = {t.name: t for t in targets}
+    packers = {t.name: sft.SFTPacker(seq_len, pad_id, pack=pack, overflow=overflow) for t in targets}
+    writers: dict[str, SplitWriter] = {}
+    records: dict[str, SplitRecord] = {}
+    last = [0.0]
+
+    def full(name: str) -> bool:
+        m = by_name[name].max_samples
+        return m is not None and writers[name].num_samples >= m
+
+    def write(name: str, samples: list) -> None:
+        m = by_name[name].max_samples
+        if m is not None:
+            samples = samples[:max(m - writers[name].num_samples, 0)]
+        if samples:
+            writers[name].write(tokens=np.stack([s[0] for s in samples]), labels=np.stack([s[1] for s in samples]),
+                                sequence_id=np.stack([s[2] for s in samples]))
+
+    def report(name: str, done: bool = False) -> None:
+        now = time.monotonic()
+        if progress is None or (not done and now - last[0] < 0.25):
+            return
+        last[0] = now
+        p = packers[name]
+        progress(ProgressEvent(split=name, docs=p.examples, tokens=p.tokens, samples=writers[name].num_samples,
+                               target_samples=by_name[name].max_samples, fraction=fraction() if fraction else None,
+                               elapsed=now - t0, done=done))
+
+    def commit(name: str) -> None:
+        w, p = writers[name], packers[name]
+        if not full(name):
+            write(name, p.flush())
+        if w.num_samples == 0:
+            raise DataError(f"split {name!r} got no example with a response token to learn; check the input")
+        t = by_name[name]
+        records[name] = w.commit(SplitRecord(
+            name=name, kind="sft", num_samples=w.num_samples, num_tokens=w.num_tokens, seq_len=seq_len,
+            documents=p.examples, fingerprint=t.fingerprint, columns=columns, source=t.source,
+            seconds=round(time.monotonic() - t0, 3),
+            extra={"examples": p.examples, "truncated": p.truncated, "dropped": p.dropped,
+                   "without_labels": p.no_label, "example_tokens": p.tokens, "label_tokens": p.label_tokens,
+                   "packing_efficiency": round(p.tokens / max(w.num_tokens, 1), 4), "packed": pack}))
+        report(name, done=True)
+
+    def all_done() -> bool:
+        return all(n in records or full(n) for n in by_name)
+
+    try:
+        for t in targets:
+            writers[t.name] = SplitWriter(data_dir, t.name, columns, compression=compression)
+        rendered = (sft.render_batch(tok, spec, b) for b in batches)  # chat templates: parent process
+        backend_json = tok._tokenizer.to_str()
+        if workers <= 1:
+            backend = tok._tokenizer
+            results = ordered_map(lambda job: sft.tokenize_batch(backend, job, spec.mask_prompt, tok.eos_token_id),
+                                  rendered, should_stop=all_done)
+        else:
+            results = pool_map(sft.tokenize_in_worker, rendered, workers=workers, initializer=sft.init_worker,
+                               initargs=(backend_json, spec.mask_prompt, tok.eos_token_id), should_stop=all_done)
+        for name, examples in results:
+            if name not in by_name or name in records:
+                continue
+            for ids, mask in examples:
+                write(name, packers[name].add(ids, mask))
+                if full(name):
+                    break
+            if full(name):
+                commit(name)
+            else:
+                report(name)
+            if all_done():
                 break
         for t in targets:
             if t.name not in records:

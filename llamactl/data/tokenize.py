@@ -121,35 +121,51 @@ def encode_stream(batches: Iterable[RawBatch], spec: EncodeSpec, *, workers: int
             use several threads).
         should_stop: polled between batches; when it returns True no more input is read.
     """
-    stop = should_stop or (lambda: False)
     if workers <= 1:
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_str(spec.tokenizer_json)
-        for b in batches:
-            if stop():
-                return
-            yield encode_batch(tok, spec, b)
+        yield from ordered_map(lambda b: encode_batch(tok, spec, b), batches, should_stop=should_stop)
         return
+    yield from pool_map(_encode_in_worker, batches, workers=workers, initializer=_init_worker, initargs=(spec,),
+                        should_stop=should_stop)
 
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], *,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
+    """``map`` in this process that stops reading input once ``should_stop()`` is True."""
+    stop = should_stop or (lambda: False)
+    for item in items:
+        if stop():
+            return
+        yield fn(item)
+
+
+def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, initializer: Callable[..., None],
+             initargs: tuple, should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
+    """Ordered map over ``workers`` spawned processes with at most ``2 * workers`` items in flight.
+
+    ``multiprocessing.Pool.imap`` would read the whole input ahead; this keeps memory flat however
+    large the source. Results come back in input order, so the output does not depend on ``workers``.
+    """
     import multiprocessing as mp
 
+    stop = should_stop or (lambda: False)
     # spawn, not fork: the parent may hold torch/rayon threads, and fork after threads is unsafe.
     ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec,))
+    pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
     pending: deque = deque()
-    max_in_flight = 2 * workers  # bounded: memory stays flat however large the source
     try:
-        it = iter(batches)
+        it = iter(items)
         exhausted = False
         while True:
-            while not exhausted and len(pending) < max_in_flight and not stop():
+            while not exhausted and len(pending) < 2 * workers and not stop():
                 try:
-                    b = next(it)
+                    item = next(it)
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append(pool.apply_async(_encode_in_worker, (b,)))
+                pending.append(pool.apply_async(fn, (item,)))
             if not pending:
                 break
             yield pending.popleft().get()

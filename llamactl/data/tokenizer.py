@@ -30,13 +30,14 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from transformers import AutoTokenizer
 
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     try:
         if looks_local:
             tok = AutoTokenizer.from_pretrained(str(path))
         else:
-            tok = AutoTokenizer.from_pretrained(name, token=hf_token())
+            # local_files_only: huggingface_hub reads HF_HUB_OFFLINE once at import; honour it now.
+            tok = AutoTokenizer.from_pretrained(name, token=hf_token(), local_files_only=offline)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/HTTP errors alike
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
         hint = ("the hub is unreachable or HF_HUB_OFFLINE=1 is set; pass a local tokenizer folder"
                 if offline or not looks_local else "check that the folder holds tokenizer.json")
         log.debug("tokenizer load failed: %s", scrub(str(e)))
@@ -45,6 +46,12 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
         raise DataError(f"tokenizer {name!r} has no fast (tokenizers) backend; use a tokenizer with a tokenizer.json")
     tok.model_max_length = int(1e30)  # we pack to our own length; silence "sequence too long" warnings
     return tok
+
+
+def tokenizer_ref(name_or_path: str | Path) -> str:
+    """How a tokenizer is recorded in a manifest: an absolute path for a local folder, else the hub id."""
+    path = Path(str(name_or_path)).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(name_or_path)
 
 
 def token_ids_of(tok: Any, text: str | None) -> list[int]:
