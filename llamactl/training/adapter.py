@@ -28,7 +28,7 @@ from llamactl.model.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-_FORWARD_KEYS = ("input_ids", "labels", "sequence_id")
+_FORWARD_KEYS = ("input_ids", "labels", "sequence_id", "position_ids")
 
 
 class TokenCrossEntropy(Metric):
