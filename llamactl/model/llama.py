@@ -195,7 +195,12 @@ class Llama(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """Fill every parameter as transformers does for a fresh Llama: N(0, initializer_range)
-        for linear and embedding weights, zero biases, ones for norms; recompute rotary buffers."""
+        for linear and embedding weights, zero biases, ones for norms; recompute rotary buffers.
+
+        Re-ties a tied head first: ``to_empty`` (meta -> real device) gives every module a fresh
+        Parameter, so after it ``lm_head.weight`` is no longer the embedding.
+        """
+        self.tie_weights()
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
