@@ -82,7 +82,7 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
 
 def load_tokenizer(name: str | None, fallback_dir: str | None):
     """The tokenizer named in the config: ``embedded``, a local folder, or a hub id."""
-    from llamactl.tokenizers import load_tokenizer as _load
+    from llamactl.data.tokenizer import load_tokenizer as _load
 
     target = name or fallback_dir
     if target is None:
