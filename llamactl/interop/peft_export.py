@@ -134,7 +134,10 @@ def load_lora_weights(peft_model, weights: dict[str, torch.Tensor], *, origin: s
             wanted[k] = own[k]
     _check_against(weights, wanted, origin=origin, base_spec=base_spec)
     dev = next(iter(own.values())).device
-    result = peft_model.load_state_dict({k: v.to(dev) for k, v in weights.items()}, strict=False)
+    if dev.type == "meta":  # a shapes-only base: the adapter tensors are adopted as they are
+        result = peft_model.load_state_dict(dict(weights), strict=False, assign=True)
+    else:
+        result = peft_model.load_state_dict({k: v.to(dev) for k, v in weights.items()}, strict=False)
     if result.unexpected_keys:  # pragma: no cover - excluded by the check above
         raise WeightMappingError(f"{origin}: unexpected adapter weight {result.unexpected_keys[0]!r}")
 
@@ -152,14 +155,17 @@ def hf_adapter_state(peft_model, *, dtype: torch.dtype | None = None) -> dict[st
 def stock_adapter_shapes(config, lora: dict[str, Any]) -> dict[str, torch.Size]:
     """Keys and shapes stock PEFT saves for a stock ``LlamaForCausalLM`` of ``config`` with this LoRA
     config — built on the meta device, so no memory or time is spent on weights."""
+    import warnings
+
     from peft import get_peft_model
     from transformers import LlamaForCausalLM
 
     from llamactl.interop.hf import to_transformers_config
 
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notes inside PEFT
         hf = LlamaForCausalLM(to_transformers_config(config))
-    pm = get_peft_model(hf, lora_config(lora, task_type="CAUSAL_LM"))
+        pm = get_peft_model(hf, lora_config(lora, task_type="CAUSAL_LM"))
     return {k: v.shape for k, v in _adapter_saved_form(pm).items()}
 
 
@@ -212,8 +218,13 @@ def read_adapter_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, t
 
 
 def load_peft_adapter_folder(folder: str | Path, *, base: str | Path | None = None,
-                             dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu"):
-    """Our PEFT-wrapped ``Llama`` from a stock adapter folder and its base. Returns ``(base source, model)``."""
+                             dtype: str | torch.dtype | None = torch.float32, device: str | torch.device = "cpu",
+                             meta_base: bool = False):
+    """Our PEFT-wrapped ``Llama`` from a stock adapter folder and its base. Returns ``(base source, model)``.
+
+    With ``meta_base`` the base is built from its config on the meta device (shapes only, no
+    weights read): enough to re-export the adapter, not to run it.
+    """
     from peft import set_peft_model_state_dict
 
     from llamactl.interop.checkpoint import load_hf_folder
@@ -228,10 +239,17 @@ def load_peft_adapter_folder(folder: str | Path, *, base: str | Path | None = No
     except ModelNotFoundError as e:
         raise ModelNotFoundError(f"base model {base_spec} of adapter {folder} was not found ({e}); "
                                  f"pass --base with a local copy") from e
-    model = load_hf_folder(base_src.path, dtype=dtype, device=device)
+    if meta_base:
+        from llamactl.interop.checkpoint import read_hf_config
+        from llamactl.model.llama import Llama
+
+        with torch.device("meta"):
+            model = Llama(read_hf_config(base_src.path))
+    else:
+        model = load_hf_folder(base_src.path, dtype=dtype, device=device)
     peft_model = wrap_lora(model, cfg)
     _check_against(state, _adapter_saved_form(peft_model), origin=str(folder), base_spec=base_spec)
-    result = set_peft_model_state_dict(peft_model, state)
+    result = set_peft_model_state_dict(peft_model, state, low_cpu_mem_usage=meta_base)
     if result.unexpected_keys:  # pragma: no cover - excluded by the check above
         raise WeightMappingError(f"{folder}: unexpected adapter weight {result.unexpected_keys[0]!r}")
     return base_src, peft_model.eval()

@@ -388,18 +388,28 @@ def load_model(spec: str | Path, *, dtype: str | torch.dtype | None = torch.floa
     return LoadedModel(model.eval(), run_tokenizer_dir(art), src, lora_merged=lora)
 
 
-def build_run_model(art: RunArtifacts, *, dtype: torch.dtype | None, device: str | torch.device = "cpu"):
+def build_run_model(art: RunArtifacts, *, dtype: str | torch.dtype | None, device: str | torch.device = "cpu",
+                    meta_base: bool = False):
     """The trained model of a run: our ``Llama`` (full), or a PEFT-wrapped ``Llama`` with the
-    adapter loaded (LoRA). Weights are loaded strictly: every expected weight present, no extra."""
-    from llamactl.interop.checkpoint import load_hf_folder, load_state_into
+    adapter loaded (LoRA). Weights are loaded strictly: every expected weight present, no extra.
+
+    With ``meta_base`` a LoRA run's base is built on the meta device from its config (shapes
+    only): enough to export the adapter, not to run the model.
+    """
+    from llamactl.interop.checkpoint import load_hf_folder, load_state_into, parse_dtype, read_hf_config
     from llamactl.model.llama import Llama
 
+    dtype = parse_dtype(dtype)
     ckpt = art.checkpoint
     if ckpt.is_lora:
         from llamactl.interop.peft_export import load_lora_weights, wrap_lora
 
         assert art.base is not None and art.lora is not None
-        base_model = load_hf_folder(art.base.path, dtype=dtype, device=device)
+        if meta_base:
+            with torch.device("meta"):
+                base_model = Llama(read_hf_config(art.base.path))
+        else:
+            base_model = load_hf_folder(art.base.path, dtype=dtype, device=device)
         check_base_matches(base_model.config, ckpt.hf_config, art.base.spec)
         peft_model = wrap_lora(base_model, art.lora)
         load_lora_weights(peft_model, ckpt.weights, origin=str(ckpt.path), base_spec=art.base.spec)
