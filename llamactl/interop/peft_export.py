@@ -106,8 +106,23 @@ def _adapter_saved_form(peft_model) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(peft_model, save_embedding_layers=False)
 
 
-def _check_against(found: dict[str, torch.Tensor], wanted: dict[str, Any], *, origin: str, base_spec: str) -> None:
-    """Same keys and shapes, or an error that says which and why."""
+def saved_to_full_keys(peft_model) -> dict[str, str]:
+    """Saved-form adapter key -> our ``PeftModel.state_dict()`` key, as PEFT itself renames them.
+
+    PEFT's own ``get_peft_model_state_dict`` is run on a state dict whose values are indices, so
+    every rule it applies (adapter name, DoRA magnitudes, biases) is PEFT's, not a copy of it.
+    """
+    from peft import get_peft_model_state_dict
+
+    full = list(peft_model.state_dict())
+    index = {k: torch.tensor([i]) for i, k in enumerate(full)}
+    saved = get_peft_model_state_dict(peft_model, state_dict=index, save_embedding_layers=False)
+    return {k: full[int(v)] for k, v in saved.items()}
+
+
+def _check_against(found: dict[str, torch.Tensor], wanted: dict[str, Any], *, origin: str, base_spec: str,
+                   shapes: bool = True) -> None:
+    """Same keys (and shapes), or an error that says which and why."""
     extra = sorted(found.keys() - wanted.keys())
     missing = sorted(wanted.keys() - found.keys())
     if extra:
@@ -118,25 +133,29 @@ def _check_against(found: dict[str, torch.Tensor], wanted: dict[str, Any], *, or
         raise WeightMappingError(f"{origin} lacks adapter weight {missing[0]!r} ({len(missing)} missing); "
                                  f"it does not match its LoRA config")
     for k, t in found.items():
-        if tuple(t.shape) != tuple(wanted[k].shape):
+        if shapes and tuple(t.shape) != tuple(wanted[k].shape):
             raise WeightMappingError(f"{origin}: adapter weight {k!r} has shape {tuple(t.shape)} but base "
                                      f"{base_spec} needs {tuple(wanted[k].shape)}; the adapter belongs to a "
                                      f"different base model (pass --base with the right one)")
 
 
 def load_lora_weights(peft_model, weights: dict[str, torch.Tensor], *, origin: str, base_spec: str) -> None:
-    """Load adapter tensors named as in our ``PeftModel.state_dict()`` (a Composer LoRA checkpoint),
-    strictly: exactly the adapter keys PEFT created, with the same shapes."""
+    """Load adapter tensors named as in our ``PeftModel.state_dict()`` strictly: exactly the
+    tensors PEFT saves for this LoRA config (A/B, DoRA magnitudes, biases per ``bias``), with the
+    model's shapes. On a meta-device base the tensors are adopted as they are."""
     own = peft_model.state_dict()
-    wanted = {k: v for k, v in own.items() if ".lora_" in k and ".default" in k}
-    for k in weights.keys() - wanted.keys():  # biases are saved with bias='all'/'lora_only'
-        if k in own and k.endswith("bias"):
-            wanted[k] = own[k]
+    wanted = {k: own[k] for k in saved_to_full_keys(peft_model).values()}
+    missing = wanted.keys() - weights.keys()
+    bias_mode = peft_model.peft_config["default"].bias
+    if missing and bias_mode == "lora_only" and all(k.endswith("bias") for k in missing):
+        raise WeightMappingError(f"{origin} lacks the biases trained with LoRA bias='lora_only' (Composer's "
+                                 f"PEFT-only checkpoints do not save them), so the adapter cannot be rebuilt; "
+                                 f"train with bias: all or bias: none")
     _check_against(weights, wanted, origin=origin, base_spec=base_spec)
-    dev = next(iter(own.values())).device
-    if dev.type == "meta":  # a shapes-only base: the adapter tensors are adopted as they are
+    if next(iter(own.values())).device.type == "meta":
         result = peft_model.load_state_dict(dict(weights), strict=False, assign=True)
     else:
+        dev = next(iter(own.values())).device
         result = peft_model.load_state_dict({k: v.to(dev) for k, v in weights.items()}, strict=False)
     if result.unexpected_keys:  # pragma: no cover - excluded by the check above
         raise WeightMappingError(f"{origin}: unexpected adapter weight {result.unexpected_keys[0]!r}")
@@ -225,8 +244,6 @@ def load_peft_adapter_folder(folder: str | Path, *, base: str | Path | None = No
     With ``meta_base`` the base is built from its config on the meta device (shapes only, no
     weights read): enough to re-export the adapter, not to run it.
     """
-    from peft import set_peft_model_state_dict
-
     from llamactl.interop.checkpoint import load_hf_folder
     from llamactl.interop.sources import resolve_model_source
 
@@ -248,8 +265,8 @@ def load_peft_adapter_folder(folder: str | Path, *, base: str | Path | None = No
     else:
         model = load_hf_folder(base_src.path, dtype=dtype, device=device)
     peft_model = wrap_lora(model, cfg)
-    _check_against(state, _adapter_saved_form(peft_model), origin=str(folder), base_spec=base_spec)
-    result = set_peft_model_state_dict(peft_model, state, low_cpu_mem_usage=meta_base)
-    if result.unexpected_keys:  # pragma: no cover - excluded by the check above
-        raise WeightMappingError(f"{folder}: unexpected adapter weight {result.unexpected_keys[0]!r}")
+    names = saved_to_full_keys(peft_model)
+    _check_against(state, {k: torch.empty(0) for k in names}, origin=str(folder), base_spec=base_spec,
+                   shapes=False)
+    load_lora_weights(peft_model, {names[k]: v for k, v in state.items()}, origin=str(folder), base_spec=base_spec)
     return base_src, peft_model.eval()
