@@ -258,3 +258,64 @@ def dataset_info(info: Any) -> None:
         console.print(f"{info.sample_split}[{info.sample_index}] tokens: {info.sample_tokens[:32]} ...")
     if info.note:
         console.print(f"[yellow]note:[/] {info.note}", soft_wrap=True)
+
+
+# ------------------------------------------------------------------ convert / models
+from contextlib import contextmanager  # noqa: E402
+
+
+@contextmanager
+def stage_progress(title: str):
+    """A transient spinner + bar on stderr; yields ``update(stage, done, total)`` for services."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(title, total=None)
+
+        def update(stage: str, done: int = 0, total: int = 0) -> None:
+            bar.update(task, description=stage, completed=done, total=total or None)
+
+        yield update
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def convert_result(result) -> None:
+    """Draw a :class:`~llamactl.services.convert.ConvertResult`."""
+    kinds = {"hf": "Hugging Face folder", "peft": "PEFT adapter folder", "gguf": "GGUF file"}
+    t = Table(title="llamactl convert", title_justify="left", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    t.add_row("source", f"{result.source} ({result.source_kind.replace('_', ' ')})")
+    t.add_row("output", f"{result.out}  [dim]{kinds.get(result.to, result.to)}[/]")
+    t.add_row("dtype", result.dtype)
+    if result.base:
+        t.add_row("base model", result.base)
+    if result.lora_b_nonzero is not None:
+        nz, n = result.lora_b_nonzero
+        t.add_row("LoRA", f"{'merged, ' if result.merged else ''}{nz}/{n} lora_B matrices non-zero")
+    t.add_row("files", ", ".join(result.files))
+    t.add_row("size", _human_bytes(result.size_bytes))
+    if result.hub_url:
+        t.add_row("hub", result.hub_url)
+    console.print(t)
+    for w in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {w}", soft_wrap=True)
+
+
+def models_list(entries) -> None:
+    table("importable models", ["name", "description", "from", "imported at"],
+          [(e.name, e.description, e.origin, e.imported_at or "-") for e in entries])
+
+
+def model_imported(result) -> None:
+    state = "already imported" if result.reused else "imported"
+    console.print(f"[green]{result.name}[/] {state} at {result.out} "
+                  f"({result.num_params / 1e6:.1f}M parameters; {', '.join(result.files)})", soft_wrap=True)
