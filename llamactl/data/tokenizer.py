@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
-    """A fast ``transformers`` tokenizer from a local folder or a hub id.
+    """A fast ``transformers`` tokenizer from a local folder, a hub id, or ``embedded`` (the bundled one).
 
     The hub token is taken from ``HF_TOKEN`` / ``HUGGINGFACE_TOKEN`` / ``HUGGINGFACE_HUB_TOKEN`` and is
     never logged. Raises :class:`DataError` when the tokenizer cannot be found (offline, typo, gated).
@@ -21,6 +21,10 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     from llamactl.secrets import hf_token, scrub
 
     name = str(name_or_path)
+    if name == "embedded":
+        from llamactl.data.embedded import embedded_tokenizer_dir
+
+        name = str(embedded_tokenizer_dir())
     if not name.strip():
         raise UserInputError("the tokenizer name is empty; pass a hub id (e.g. meta-llama/Llama-3.2-1B) or a folder")
     path = Path(name).expanduser()
