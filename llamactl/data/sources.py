@@ -176,7 +176,7 @@ def json_line_batches(fileset: FileSet, *, field: str, route: Router, batch_byte
         nonempty = False
         with fileset.open(i) as f:
             try:
-                for line in f:
+                for line in _lines(f):
                     if not line.strip():
                         continue
                     nonempty = True
@@ -197,6 +197,20 @@ def json_line_batches(fileset: FileSet, *, field: str, route: Router, batch_byte
             if buf:
                 yield RawBatch(items=buf, split=split, field=field, where=name, nbytes=sizes[split])
                 buffers[split], sizes[split] = [], 0
+
+
+def _lines(f: Any, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """Lines of a binary stream, read in large chunks (``readline`` on a gzip stream is 3x slower)."""
+    carry = b""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        parts = (carry + block).split(b"\n")
+        carry = parts.pop()
+        yield from parts
+    if carry:
+        yield carry
 
 
 def text_batches(fileset: FileSet, *, route: Router, unit: str = "file", batch_bytes: int = 1 << 20) -> Iterator[RawBatch]:
