@@ -84,6 +84,7 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
 
     import yaml
 
+    runs.mkdir(parents=True, exist_ok=True)
     cfg_path = runs / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(base_config(args, data_dir, runs)))
     data = load_yaml_dict(cfg_path, [*overrides, f"max_duration={steps}ba", *args.extra])

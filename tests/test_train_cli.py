@@ -135,3 +135,37 @@ def test_help_is_fast_and_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
                          "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "False", "the CLI imports torch at start-up: --help and completion get slow"
+
+
+def test_lora_through_the_seed_shaped_yaml_saves_only_adapters(tmp_path, data_root):
+    """yamls/llama3-1b-lora.yaml unchanged but for the model (a tiny local stand-in), data and CPU knobs."""
+    import shutil
+
+    import torch
+
+    from llamactl.data.embedded import embedded_tokenizer_dir
+    from llamactl.interop.checkpoint import save_hf_folder
+    from llamactl.model import Llama
+    from llamactl.model.presets import preset
+
+    base = tmp_path / "tiny-base"
+    model = Llama(preset("tiny"))
+    model.init_weights(seed=5)
+    save_hf_folder(model, base)
+    for f in embedded_tokenizer_dir().iterdir():
+        shutil.copy(f, base / f.name)
+    r = cli("train", "--yaml", str(REPO / "yamls" / "llama3-1b-lora.yaml"), f"variables.model_name={base}",
+            "variables.max_seq_len=128", "train_loader.name=embedded", "eval_loader.name=embedded",
+            "global_train_batch_size=4", "device_train_microbatch_size=4", "device_eval_batch_size=4",
+            "eval_subset_num_batches=2", "--precision", "fp32", "--duration", "6ba", "--save-interval", "3ba",
+            "--eval-interval", "3ba", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"),
+            "--no-sample", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    ckpt = torch.load(run / "checkpoints" / "ep0-ba6-rank0.pt", map_location="cpu", weights_only=False)
+    weights = ckpt["state"]["model"]
+    assert weights and all("lora_" in k for k in weights), "the checkpoint must hold only adapter weights"
+    targets = {k.split(".")[-4] for k in weights}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items()), "adapters did not train"
+    assert len(losses(run)) == 6
