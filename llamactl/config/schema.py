@@ -44,7 +44,9 @@ class ModelSection:
     use_auth_token: bool | None = None  # Foundry key; the token itself always comes from the environment
     # runtime / speed options
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
-    compile: bool = False  # torch.compile the decoder layers
+    # torch.compile: true / "model" = the whole inner model (forward and fused loss, no graph
+    # breaks); "layers" = each decoder layer on its own (faster to compile); false = eager.
+    compile: bool | Literal["layers", "model"] = False
     attn_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
     loss_chunk_size: int = 4096
     peft_config: dict[str, Any] | None = None  # LLM Foundry puts it here; top-level is accepted too

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,8 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
         run = new_run_dir(cfg.runs_dir, run_name)
         _write_config(cfg, run)
 
+    # Fewer fragmentation OOMs at large micro-batches; must be set before CUDA is first used.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from llamactl.training.callbacks import plot_loss
     from llamactl.training.trainer import build_trainer
 

@@ -179,12 +179,24 @@ def _loggers(cfg: TrainConfig, run_dir: Path) -> list[Any]:
     return out
 
 
+def compile_model(module: torch.nn.Module, how: bool | str) -> None:
+    """Compile in place: the whole model (``True``/``"model"``) or each decoder layer (``"layers"``)."""
+    if how in (False, None):
+        return
+    if how == "layers":
+        layers = module.model.layers if hasattr(module, "model") and hasattr(module.model, "layers") else module.layers
+        for layer in layers:
+            layer.compile()
+    else:
+        module.compile()
+
+
 def _duration_batches(text: str) -> int | None:
     return int(float(text[:-2])) if text.endswith("ba") else None
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None = None,
-                  autoresume: bool = False) -> BuiltRun:
+                  autoresume: bool = False, extra_callbacks: list[Any] | None = None) -> BuiltRun:
     """Build model, data, optimizer, scheduler, callbacks and the Composer Trainer for ``cfg``."""
     from composer import Trainer
     from composer.algorithms import GradientClipping
@@ -221,10 +233,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
                           f"({llama.config.max_position_embeddings})")
     llama.activation_checkpointing = cfg.model.activation_checkpointing
     llama.loss_chunk_size = cfg.model.loss_chunk_size
-    if cfg.model.attn_backend != "auto":
-        from llamactl.model.llama import set_sdpa_backend
+    if cfg.model.attn_backend not in ("auto", "math") and not gpu:
+        raise ConfigError(f"model.attn_backend={cfg.model.attn_backend} needs a GPU; use auto on the CPU")
+    from llamactl.model.llama import set_sdpa_backend
 
-        set_sdpa_backend(cfg.model.attn_backend)
+    set_sdpa_backend(cfg.model.attn_backend)  # process-wide; always set so an earlier choice never lingers
 
     lora = cfg.lora
     if cfg.model.impl == "hf":
@@ -244,15 +257,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
         composer_model = HuggingFaceModel(hf, tokenizer=tokenizer, shift_labels=True, metrics=None,
                                           eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity()])
         train_module = hf
-        if cfg.model.compile:
-            for layer in hf.model.layers:
-                layer.compile()
     else:
         composer_model = LlamactlComposerModel(llama, tokenizer=tokenizer, peft_config=lora)
         train_module = llama
-        if cfg.model.compile:
-            for layer in llama.layers:
-                layer.compile()
+    compile_model(train_module, cfg.model.compile)
     # Composer's FSDP looks for these on the wrapped model: shard and checkpoint per decoder layer.
     train_module.fsdp_wrap_fn = fsdp_wrap_fn
     train_module.activation_checkpointing_fn = activation_checkpointing_fn
@@ -292,14 +300,14 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
             model=composer_model,
             train_dataloader=train_dl,
             eval_dataloader=evaluators or None,
-            eval_interval=cfg.eval_interval,
+            eval_interval=cfg.eval_interval if evaluators else 1,
             eval_subset_num_batches=cfg.eval_subset_num_batches,
             max_duration=cfg.max_duration,
             optimizers=optimizer,
             schedulers=scheduler,
             step_schedulers_every_batch=True,
             algorithms=algorithms,
-            callbacks=[recorder, *_composer_callbacks(cfg)],
+            callbacks=[recorder, *_composer_callbacks(cfg), *(extra_callbacks or [])],
             loggers=_loggers(cfg, run_dir),
             run_name=run_dir.name,
             progress_bar=False,
