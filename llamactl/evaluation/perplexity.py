@@ -50,6 +50,9 @@ def _prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Te
         return ids, labels, None, None
     am = am.to(device).bool()
     labels = labels.masked_fill(~am, IGNORE_INDEX)
+    # A target predicted from a padding position (the first real token after left padding) is not
+    # a prediction the model makes on real text: ignore it too.
+    labels[:, 1:] = labels[:, 1:].masked_fill(~am[:, :-1], IGNORE_INDEX)
     if bool(am.all()):
         return ids, labels, None, None
     # Padding anywhere (left or right): real tokens see only real tokens, positions count real ones.
