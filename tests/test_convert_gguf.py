@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from convert_support import tiny_config, tiny_pretrained
+from convert_support import tiny_bpe_tokenizer, tiny_config, tiny_pretrained
 from llamactl.interop.gguf import GGUF_TENSOR_NAMES, GGUF_TYPES, hf_folder_to_gguf
 
 TEXTS = ["Hello world! It's 2024, and 12345 apples cost $3.50.", "  leading spaces\tand\ttabs\n\nnew lines",
@@ -52,11 +52,25 @@ def _load_gguf(path):
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
+VOCAB = 320
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, shared_data):
+    """Untied tiny Llama with a small byte-level BPE tokenizer (ChatML specials)."""
     root = tmp_path_factory.mktemp("gguf")
-    cfg = tiny_config(vocab_size=49152, hidden_size=64, intermediate_size=160, num_attention_heads=4,
+    tok = tiny_bpe_tokenizer(root / "tok", shared_data / "corpora" / "austen.jsonl.gz", vocab_size=VOCAB)
+    cfg = tiny_config(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_attention_heads=4,
                       num_key_value_heads=2, tie_word_embeddings=False)
+    return tiny_pretrained(root / "tiny", cfg, tokenizer_from=tok)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tok_folder(tmp_path_factory, shared_data):
+    """A tiny model with the real SmolLM2 tokenizer (49,152 tokens, 48,900 merges, 17 specials)."""
+    root = tmp_path_factory.mktemp("gguf-smoltok")
+    cfg = tiny_config(vocab_size=49152, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                      num_key_value_heads=2, num_hidden_layers=1)
     return tiny_pretrained(root / "tiny", cfg, tokenizer_from=shared_data / "tokenizers" / "smollm2")
 
 
@@ -67,7 +81,7 @@ def test_tiny_gguf_roundtrip(tiny_folder, tmp_path, gguf_type):
     out = hf_folder_to_gguf(tiny_folder, tmp_path / f"tiny-{gguf_type}.gguf", gguf_type=gguf_type)
     theirs = _load_gguf(out)
     ours = load_hf_folder(tiny_folder).eval()
-    ids = torch.randint(0, 49152, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         exact = ours(ids).logits
         got = theirs(ids).logits
@@ -80,15 +94,42 @@ def test_tiny_gguf_roundtrip(tiny_folder, tmp_path, gguf_type):
     assert (got - exact).abs().max().item() <= loose
 
 
-def test_gguf_carries_config_and_tokenizer(tiny_folder, tmp_path):
-    from transformers import AutoTokenizer
+def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tiny_folder, tmp_path):
+    """hidden 48 is not a multiple of q8_0's 32-wide blocks: those tensors are stored F16, as
+    llama.cpp's converter does, and the file still reads back exactly."""
+    from gguf import GGUFReader
 
+    from llamactl.interop.checkpoint import load_hf_folder
+
+    folder = tiny_pretrained(tmp_path / "m48", tiny_config(vocab_size=VOCAB, hidden_size=48, intermediate_size=64),
+                             tokenizer_from=tiny_folder)
+    out = hf_folder_to_gguf(folder, tmp_path / "m48.gguf", gguf_type="q8_0")
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.ffn_down.weight"] == "Q8_0"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    model = load_hf_folder(folder).eval()
+    model.load_state_dict(_rounded(model.state_dict(), "q8_0"))
+    model.tie_weights()
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (_load_gguf(out)(ids).logits - model(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_gguf_carries_config(tiny_folder, tmp_path):
     out = hf_folder_to_gguf(tiny_folder, tmp_path / "t.gguf", gguf_type="f16")
     model = _load_gguf(out)
     assert model.config.num_hidden_layers == 2 and model.config.num_key_value_heads == 2
-    assert model.config.tie_word_embeddings is False and model.config.vocab_size == 49152
+    assert model.config.num_attention_heads == 4 and model.config.intermediate_size == 160
+    assert model.config.tie_word_embeddings is False and model.config.vocab_size == VOCAB
+    assert model.config.eos_token_id == 2 and model.config.bos_token_id == 1
+
+
+def test_gguf_carries_the_tokenizer(smollm2_tok_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = hf_folder_to_gguf(smollm2_tok_folder, tmp_path / "t.gguf", gguf_type="f16")
     tok = AutoTokenizer.from_pretrained(str(out.parent), gguf_file=out.name)
-    ref = AutoTokenizer.from_pretrained(str(tiny_folder))
+    ref = AutoTokenizer.from_pretrained(str(smollm2_tok_folder))
     for text in TEXTS:
         assert tok(text).input_ids == ref(text).input_ids, text
     assert tok.eos_token == ref.eos_token == "<|im_end|>" and tok.bos_token == ref.bos_token
@@ -111,7 +152,7 @@ def test_gguf_is_a_model_source(tiny_folder, tmp_path):
     out = hf_folder_to_gguf(tiny_folder, tmp_path / "src.gguf", gguf_type="f32")
     loaded = load_model(out)
     assert loaded.source.kind == "gguf" and loaded.tokenizer_dir is not None
-    ids = torch.randint(0, 49152, (1, 10), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (loaded.model(ids).logits - _load_gguf(out)(ids).logits).abs().max().item() <= 1e-5
     assert load_model(out).source.path == loaded.source.path  # cached, not converted twice
