@@ -143,6 +143,122 @@ def train_summary(result) -> None:
     if result.sample is not None:
         console.print(f"[bold]sample[/] [dim]{result.sample_prompt}[/]{result.sample}", soft_wrap=True)
 
+# ---- prepare-data --------------------------------------------------------------------------------
+
+def _si(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+class _PrepareProgress:
+    """Progress of a data preparation: a rich bar on a terminal, a plain line every 10 s in logs."""
+
+    def __init__(self) -> None:
+        self.live = console.is_terminal
+        self._tasks: dict[str, Any] = {}
+        self._last_line = 0.0
+        self._progress = None
+
+    def __enter__(self) -> "_PrepareProgress":
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[split]}"), BarColumn(), TextColumn("{task.fields[samples]}"),
+                TextColumn("{task.fields[rates]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=console, transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def __call__(self, ev: Any) -> None:
+        import time
+
+        el = max(ev.elapsed, 1e-9)
+        rates = f"{_si(ev.docs / el)} docs/s  {_si(ev.tokens / el)} tok/s"
+        if ev.target_samples:
+            total, done = float(ev.target_samples), float(ev.samples)
+            samples = f"{ev.samples:,}/{ev.target_samples:,} samples"
+        else:
+            total, done = 1000.0, 1000.0 * (ev.fraction or 0.0)
+            samples = f"{ev.samples:,} samples"
+        if ev.done:
+            done = total
+        if self._progress is not None:
+            if ev.split not in self._tasks:
+                self._tasks[ev.split] = self._progress.add_task(ev.split, total=total, split=ev.split,
+                                                                samples=samples, rates=rates)
+            self._progress.update(self._tasks[ev.split], completed=done, samples=samples, rates=rates)
+            return
+        now = time.monotonic()
+        if ev.done or now - self._last_line >= 10:
+            self._last_line = now
+            frac = done / total if total else 0.0
+            eta = f"{(el / frac - el):.0f}s" if 0 < frac < 1 else "-"
+            console.print(f"{ev.split}: {frac:6.1%}  {samples}  {ev.docs:,} docs  {rates}  "
+                          f"elapsed {el:.0f}s  ETA {eta}{'  done' if ev.done else ''}", soft_wrap=True)
+
+
+def prepare_progress() -> _PrepareProgress:
+    """A progress callback for prepare-data services, usable as a context manager."""
+    return _PrepareProgress()
+
+
+def prepare_result(result: Any) -> None:
+    """Draw a :class:`~llamactl.services.prepare_data.PrepareResult`."""
+    t = Table(title=f"prepared {result.out}", title_justify="left")
+    for c in ("split", "samples", "tokens", "documents", "seq len", "status"):
+        t.add_column(c, justify="left" if c in ("split", "status") else "right")
+    for r in result.splits:
+        status = "kept (already done)" if r.name in result.reused else "written"
+        if r.extra.get("short"):
+            status += f", input ran out before {r.extra['max_samples']:,}"
+        if r.kind == "sft":
+            status += f", packing {r.extra.get('packing_efficiency', 0):.0%}"
+            if r.extra.get("truncated"):
+                status += f", {r.extra['truncated']} truncated"
+        t.add_row(r.name, f"{r.num_samples:,}", f"{r.num_tokens:,}", f"{r.documents:,}", str(r.seq_len), status)
+    console.print(t)
+    line = f"tokenizer {result.tokenizer}; {result.seconds:.1f} s"
+    if result.tokens_per_second:
+        line += f"; {_si(result.tokens_per_second)} tokens/s, {_si(result.documents_per_second or 0)} documents/s"
+    console.print(line, soft_wrap=True)
+
+
+def dataset_info(info: Any) -> None:
+    """Draw a :class:`~llamactl.services.prepare_data.DatasetInfo`."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    head = Table(title=f"dataset {info.path}", title_justify="left", show_header=False)
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row("tokenizer", str(info.tokenizer or "unknown"))
+    head.add_row("vocab size", str(info.vocab_size or "unknown"))
+    head.add_row("sequence length", str(info.seq_len or "unknown"))
+    console.print(head)
+    t = Table(show_header=True)
+    for c in ("split", "kind", "samples", "tokens", "columns"):
+        t.add_column(c)
+    for s in info.splits:
+        t.add_row(s.name, s.kind, f"{s.num_samples:,}", f"{s.num_tokens:,}" if s.num_tokens else "?",
+                  ", ".join(f"{k} {v.split(':', 1)[-1]}" for k, v in s.columns.items()))
+    console.print(t)
+    if info.sample_text is not None:
+        console.print(Panel(Text(info.sample_text), title=f"{info.sample_split}[{info.sample_index}] decoded",
+                            title_align="left"))
+        if info.sample_labels_text is not None:
+            console.print(Panel(Text(info.sample_labels_text), title="trained on (labels)", title_align="left"))
+    elif info.sample_tokens is not None:
+        console.print(f"{info.sample_split}[{info.sample_index}] tokens: {info.sample_tokens[:32]} ...")
+    if info.note:
+        console.print(f"[yellow]note:[/] {info.note}", soft_wrap=True)
+
 
 # ------------------------------------------------------------------ convert / models
 from contextlib import contextmanager  # noqa: E402

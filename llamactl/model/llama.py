@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llamactl.model.config import LlamaConfig
-from llamactl.model.kv_cache import KVCache
+from llamactl.model.kv_cache import KVCache, cache_attention_mask
 from llamactl.model.loss import IGNORE_INDEX, fused_linear_cross_entropy
 
 ActivationCheckpointing = Literal["none", "selective", "full"]
@@ -218,7 +218,12 @@ class Llama(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """Fill every parameter as transformers does for a fresh Llama: N(0, initializer_range)
-        for linear and embedding weights, zero biases, ones for norms; recompute rotary buffers."""
+        for linear and embedding weights, zero biases, ones for norms; recompute rotary buffers.
+
+        Re-ties a tied head first: ``to_empty`` (meta -> real device) gives every module a fresh
+        Parameter, so after it ``lm_head.weight`` is no longer the embedding.
+        """
+        self.tie_weights()
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
@@ -263,13 +268,18 @@ class Llama(nn.Module):
         Args:
             input_ids: (B, T) token ids.
             position_ids: (B, T) rotary positions; default ``cache_position`` or ``arange(T)``.
-            attn_mask: boolean (B, 1, T, S) with True where a query may attend; default causal.
+            attn_mask: boolean (B, 1, T, S) with True where a query may attend; default causal
+                (over the cache slots up to ``cache_position`` when a ``kv_cache`` is given).
             kv_cache: a :class:`KVCache`; new keys/values are written at ``cache_position``.
             cache_position: (T,) slots of the cache these tokens occupy.
         """
         b, t = input_ids.shape
         if kv_cache is not None and cache_position is None:
             raise ValueError("cache_position is required with a kv_cache")
+        if kv_cache is not None and attn_mask is None:
+            # SDPA's is_causal aligns the top-left corner and a single query sees every slot,
+            # unwritten ones included: with a cache, plain causal must be spelled out.
+            attn_mask = cache_attention_mask(cache_position, kv_cache.max_len)
         if position_ids is None:
             base = cache_position if cache_position is not None else torch.arange(t, device=input_ids.device)
             position_ids = base[None, :].expand(b, t)

@@ -25,9 +25,12 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # type: ignore[override]
-                chunk_size: int) -> torch.Tensor:
+                chunk_size: int, grad_enabled: bool) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad is True under no_grad too; without grad_enabled an eval step would
+        # pay for two extra matmuls per chunk and a (V, d) fp32 buffer it never uses.
+        need_h = grad_enabled and ctx.needs_input_grad[0]
+        need_w = grad_enabled and ctx.needs_input_grad[1]
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             n = hidden.shape[0]
             valid = targets != IGNORE_INDEX  # (N,)
@@ -63,7 +66,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = (grad_h * grad_output).to(ctx.hidden_dtype) if grad_h is not None else None
         gw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -78,4 +81,4 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, torch.is_grad_enabled())

@@ -178,18 +178,21 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
 
 
 def _sample_line(built, prompt: str, max_new_tokens: int, seed: int) -> str:
-    """One short continuation of ``prompt`` from the trained weights, so the user sees the model speak."""
-    from llamactl.generation import GenerationConfig, generate
+    """One short continuation of ``prompt`` from the trained weights, so the user sees the model speak.
 
-    model = built.composer_model.model
-    device = next(model.parameters()).device
+    ``built.llama`` is the inner model; with LoRA, PEFT injected its layers into it in place, so the
+    adapters take part without going through the PEFT wrapper.
+    """
+    from llamactl.generation import Generator, SamplingConfig
+
+    tok = built.tokenizer
+    model = built.llama
     was_training = model.training
-    model.eval()
     try:
-        out = generate(built.llama if not built.composer_model.using_peft else model, built.tokenizer, [prompt],
-                       GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
-                       device=device)
+        out = Generator(model, mode="eager").generate(
+            [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
+            eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],
+            pad_token_id=tok.pad_token_id or 0, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
     finally:
         model.train(was_training)
-    return out[0].text
-
+    return out.texts[0] if out.texts else ""

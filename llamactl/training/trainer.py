@@ -62,7 +62,7 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
                 from llamactl.interop.checkpoint import read_hf_config
 
                 source = resolve_model_source(m.pretrained_model_name_or_path)
-                config = read_hf_config(source.hf_folder).replace(**m.config_overrides)
+                config = read_hf_config(source.path).replace(**m.config_overrides)
                 model, tok_dir = Llama(config), source.tokenizer_dir
                 model.init_weights(seed=seed)
             return model, (str(tok_dir) if tok_dir else None)
@@ -82,7 +82,7 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
 
 def load_tokenizer(name: str | None, fallback_dir: str | None):
     """The tokenizer named in the config: ``embedded``, a local folder, or a hub id."""
-    from llamactl.tokenizers import load_tokenizer as _load
+    from llamactl.data.tokenizer import load_tokenizer as _load
 
     target = name or fallback_dir
     if target is None:
@@ -241,8 +241,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
         hf.config.use_cache = False
         if cfg.model.activation_checkpointing != "none":
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        composer_model = HuggingFaceModel(hf, tokenizer=tokenizer, shift_labels=True,
-                                          metrics=[LanguageCrossEntropy(), LanguagePerplexity()])
+        composer_model = HuggingFaceModel(hf, tokenizer=tokenizer, shift_labels=True, metrics=None,
+                                          eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity()])
         train_module = hf
         if cfg.model.compile:
             for layer in hf.model.layers:
