@@ -136,6 +136,7 @@ def test_lora_variants_roundtrip(tmp_path, variant):
     assert (ours - stock_logits(_stock(tmp_path / "merged"), ids)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_smollm2_lora_roundtrip(smollm2_dir, tmp_path):
     """The real pretrained model: a short LoRA run on SmolLM2-135M, exported and reloaded stock."""
     lora = {**LORA, "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}

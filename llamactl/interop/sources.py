@@ -175,7 +175,7 @@ def hub_download(repo_id: str, *, revision: str | None = None, download: bool = 
                                      f"HF_HUB_OFFLINE or point to a local model folder") from e
         raise ModelNotFoundError(f"could not download {repo_id}: the Hugging Face hub is unreachable; check the "
                                  f"network or set HF_HUB_OFFLINE=1 to use the cache") from e
-    except (OSError, ValueError) as e:  # connection errors, bad repo ids
+    except Exception as e:  # noqa: BLE001 - connection errors, bad repo ids, incomplete snapshots
         raise ModelNotFoundError(f"could not get {repo_id} from the Hugging Face hub: "
                                  f"{scrub(str(e)).splitlines()[0][:160]}") from e
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
