@@ -111,10 +111,8 @@ def pack_lm_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets
             name = enc.split
             if name not in by_name or name in records:
                 continue
-            samples = packers[name].add(enc.flat, enc.lengths)
             left = remaining(name)
-            if left is not None:
-                samples = samples[:max(left, 0)]
+            samples = packers[name].add(enc.flat, enc.lengths, max_samples=left)
             if len(samples):
                 writers[name].write(tokens=samples)
             if left is not None and remaining(name) <= 0:
