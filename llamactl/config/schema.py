@@ -44,8 +44,8 @@ class ModelSection:
     use_auth_token: bool | None = None  # Foundry key; the token itself always comes from the environment
     # runtime / speed options
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
-    # torch.compile: true / "model" = the whole inner model (forward and fused loss, no graph
-    # breaks); "layers" = each decoder layer on its own (faster to compile); false = eager.
+    # torch.compile: true / "layers" = each decoder layer (fastest measured); "model" = the whole
+    # inner model, fused loss included (no graph breaks, but slower on GPU); false = eager.
     compile: bool | Literal["layers", "model"] = False
     attn_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
     loss_chunk_size: int = 4096

@@ -180,10 +180,15 @@ def _loggers(cfg: TrainConfig, run_dir: Path) -> list[Any]:
 
 
 def compile_model(module: torch.nn.Module, how: bool | str) -> None:
-    """Compile in place: the whole model (``True``/``"model"``) or each decoder layer (``"layers"``)."""
+    """Compile in place: each decoder layer (``True``/``"layers"``) or the whole model (``"model"``).
+
+    Per-layer is the default because it measured faster: 51.6k vs 24.5k tokens/s for the 1B shape on
+    an H200 (docs/performance.md); the whole-model graph also compiles the fused loss, and ran with
+    the GPU idle between kernels.
+    """
     if how in (False, None):
         return
-    if how == "layers":
+    if how in (True, "layers"):
         layers = module.model.layers if hasattr(module, "model") and hasattr(module.model, "layers") else module.layers
         for layer in layers:
             layer.compile()
