@@ -186,16 +186,24 @@ def _sample_line(built, prompt: str, max_new_tokens: int, seed: int) -> str:
     ``built.llama`` is the inner model; with LoRA, PEFT injected its layers into it in place, so the
     adapters take part without going through the PEFT wrapper.
     """
+    import torch
+
     from llamactl.generation import Generator, SamplingConfig
+    from llamactl.model.llama import set_sdpa_backend
 
     tok = built.tokenizer
     model = built.llama
     was_training = model.training
+    # Decoding uses a boolean mask, which the cuDNN backend chosen for training cannot take, and
+    # the layers compiled for training would recompile for every new length: run it plainly.
+    set_sdpa_backend("auto")
     try:
-        out = Generator(model, mode="eager").generate(
-            [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
-            eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],
-            pad_token_id=tok.pad_token_id or 0, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+        with torch.compiler.set_stance("force_eager"):
+            out = Generator(model, mode="eager").generate(
+                [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50,
+                                                     seed=seed),
+                eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],
+                pad_token_id=tok.pad_token_id or 0, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
     finally:
         model.train(was_training)
     return out.texts[0] if out.texts else ""
