@@ -447,3 +447,26 @@ def chat_input() -> str | None:
 def chat_reply_prefix() -> None:
     console.print("[bold green]assistant>[/] ", end="")
     _stream["open"] = True
+
+
+def train_plan(plan) -> None:
+    """The ``train --dry-run`` table."""
+    t = Table(title="train --dry-run", title_justify="left", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    t.add_row("parameters", f"{plan.params_total:,} ({plan.params_trainable:,} trainable)")
+    t.add_row("GPUs", f"{plan.gpus} ({plan.device})")
+    t.add_row("tokens per step", f"{plan.tokens_per_step:,}")
+    t.add_row("steps", str(plan.steps) if plan.steps else "-")
+    mem = plan.memory_gib
+    t.add_row("memory per GPU", f"{mem['total']:.1f} GiB  (weights {mem['weights']:.1f}, gradients "
+                                f"{mem['gradients']:.1f}, optimizer {mem['optimizer']:.1f}, activations "
+                                f"{mem['activations']:.1f}, loss {mem['loss']:.1f})")
+    t.add_row("FLOPs per token", f"{plan.flops_per_token / 1e9:.2f} GFLOP")
+    if plan.expected_tokens_per_s:
+        t.add_row("expected speed", f"{plan.expected_tokens_per_s:,.0f} tokens/s (MFU {plan.expected_mfu:.0%})")
+    if plan.expected_wall_s:
+        t.add_row("expected wall time", _fmt_s(plan.expected_wall_s))
+    console.print(t)
+    for n in plan.notes:
+        console.print(f"[dim]note: {n}[/]", soft_wrap=True)

@@ -20,6 +20,10 @@ def train(
     data_root: Path = typer.Option(None, "--data-root", help="Where relative dataset paths resolve (default datasets/)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
     no_sample: bool = typer.Option(False, "--no-sample", help="Skip the generated sample line at the end."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print parameters, memory per GPU and expected speed; "
+                                                          "train nothing."),
+    gpus: int = typer.Option(None, "--gpus", min=1, help="Launch one process per GPU with torchrun (FSDP from "
+                                                         "fsdp_config)."),
 ) -> None:
     """Train a Llama (pretraining, full fine-tuning or LoRA) from a YAML config."""
     from llamactl.cli import render
@@ -28,6 +32,19 @@ def train(
     flags = {"max_duration": duration, "eval_interval": eval_interval, "save_interval": save_interval,
              "precision": precision, "runs_dir": runs_dir, "data_root": data_root}
     extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if dry_run:
+        from llamactl.services.train import plan
+
+        result = plan(yaml, overrides=[*(overrides or []), *extra], run_dir=run_dir, gpus=gpus)
+        render.print_json(result.__dict__) if json_out else render.train_plan(result)
+        return
+    if gpus and gpus > 1:
+        from llamactl.services.train import launch
+
+        run = launch(yaml, overrides=[*(overrides or []), *extra], gpus=gpus, run_dir=run_dir,
+                     extra_args=["--no-sample"] if no_sample else [])
+        render.info(f"run directory: {run}")
+        return
     with render.TrainProgress(quiet=json_out) as progress:
         result = run_train(yaml, overrides=[*(overrides or []), *extra], run_dir=run_dir,
                            on_event=progress.on_event, sample=not no_sample)
