@@ -254,7 +254,14 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
         from llamactl.interop.hf import llamactl_state_dict_to_hf, to_transformers_config
 
         hf = LlamaForCausalLM(to_transformers_config(llama.config))
-        hf.load_state_dict(llamactl_state_dict_to_hf(llama.state_dict(), llama.config), strict=False)
+        res = hf.load_state_dict(llamactl_state_dict_to_hf(llama.state_dict(), llama.config), strict=False)
+        # The only key allowed to be absent is a tied head, which transformers re-ties below.
+        missing = set(res.missing_keys) - ({"lm_head.weight"} if llama.config.tie_word_embeddings else set())
+        if missing or res.unexpected_keys:
+            from llamactl.errors import WeightMappingError
+
+            raise WeightMappingError(f"weights do not map onto transformers' Llama: missing {sorted(missing)[:3]}, "
+                                     f"unexpected {sorted(res.unexpected_keys)[:3]}")
         hf.tie_weights()
         hf.config.use_cache = False
         if cfg.model.activation_checkpointing != "none":
