@@ -156,6 +156,7 @@ def test_lora_through_the_seed_shaped_yaml_saves_only_adapters(tmp_path, data_ro
         shutil.copy(f, base / f.name)
     r = cli("train", "--yaml", str(REPO / "yamls" / "llama3-1b-lora.yaml"), f"variables.model_name={base}",
             "variables.max_seq_len=128", "train_loader.name=embedded", "eval_loader.name=embedded",
+            "train_loader.dataset.split=train", "eval_loader.dataset.split=val",
             "global_train_batch_size=4", "device_train_microbatch_size=4", "device_eval_batch_size=4",
             "eval_subset_num_batches=2", "--precision", "fp32", "--duration", "6ba", "--save-interval", "3ba",
             "--eval-interval", "3ba", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"),
