@@ -264,7 +264,7 @@ def open_run(spec: str | Path, *, base: str | Path | None = None) -> RunArtifact
     run_dir = _run_dir_of(path)
     cfg = read_run_config(run_dir)
     base_spec = base if base is not None else ((cfg.get("model") or {}).get("pretrained_model_name_or_path"))
-    lora = ckpt.peft_config or _lora_from_run_config(cfg) if ckpt.is_lora else None
+    lora = (ckpt.peft_config or _lora_from_run_config(cfg)) if ckpt.is_lora else None
     base_src = None
     if base_spec:
         try:
