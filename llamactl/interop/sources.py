@@ -339,6 +339,29 @@ def run_tokenizer_dir(art: RunArtifacts) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------- loading
+def model_config(spec: str | Path, *, base: str | Path | None = None):
+    """The architecture (our ``LlamaConfig``) of any source, without reading its weights:
+    ``config.json`` of folders, the base's config for adapters and LoRA runs, the stored config
+    of full-training checkpoints."""
+    import json as _json
+
+    from llamactl.interop.checkpoint import read_hf_config
+
+    src = resolve_model_source(spec)
+    if src.kind in ("hf_folder", "hub", "gguf"):
+        return read_hf_config(src.path)
+    if src.kind == "peft_adapter":
+        cfg = _json.loads((src.path / "adapter_config.json").read_text())
+        base_spec = base or cfg.get("base_model_name_or_path")
+        if not base_spec:
+            raise ModelNotFoundError(f"{src.path}/adapter_config.json names no base_model_name_or_path; pass --base")
+        return read_hf_config(resolve_model_source(base_spec).path)
+    art = open_run(src.path, base=base)
+    if art.is_lora:
+        return read_hf_config(art.base.path)
+    return run_model_config(art)
+
+
 @dataclass
 class LoadedModel:
     """What :func:`load_model` returns.
