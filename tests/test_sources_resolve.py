@@ -126,3 +126,12 @@ def test_model_config_of_every_kind(tmp_path):
     assert model_config(run).num_hidden_layers == 3
     scratch, _ = train_run(tmp_path / "runs", None, config=tiny_config(num_hidden_layers=1), steps=1, name="s")
     assert model_config(scratch).num_hidden_layers == 1
+
+
+def test_known_model_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelNotFoundError, match="llamactl models import smollm2-135m"):
+        resolve_model_source("smollm2-135m")
+    tiny_pretrained(tmp_path / "cache" / "smollm2" / "hf")
+    src = resolve_model_source("smollm2-135m")
+    assert src.kind == "hf_folder" and src.path == tmp_path / "cache" / "smollm2" / "hf"

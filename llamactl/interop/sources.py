@@ -2,6 +2,7 @@
 
 ``model.pretrained_model_name_or_path`` / ``--model`` / ``RUN_DIR|MODEL`` arguments accept:
 
+* a name from ``llamactl models list`` (e.g. ``smollm2-135m``) once imported;
 * a local Hugging Face folder (``config.json`` + safetensors / ``pytorch_model.bin``);
 * a Hugging Face hub id (``org/name`` or ``org/name@revision``), downloaded with
   ``huggingface_hub.snapshot_download`` into the normal HF cache (config, weights, tokenizer files
@@ -131,6 +132,13 @@ def resolve_model_source(spec: str | Path, *, revision: str | None = None, downl
                                  f"checkpoint or a Hugging Face model folder")
     if path.is_dir():
         return ModelSource(text, _classify_dir(path, text), path)
+    from llamactl.services.models import KNOWN, default_dir
+
+    if text.lower() in KNOWN:  # a name from `llamactl models list`
+        folder = default_dir(text)
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(f"{text} is not imported yet; run `llamactl models import {text.lower()}`")
+        return ModelSource(text, "hf_folder", folder)
     if _looks_like_path(text) or not _HUB_ID.match(text):
         raise ModelNotFoundError(f"model {text} not found: no such file or folder (and not a hub id like org/name)")
     repo_id, _, rev = text.partition("@")
