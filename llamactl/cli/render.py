@@ -177,6 +177,7 @@ def chat_input() -> str | None:
     try:
         return console.input("[bold cyan]you>[/] ")
     except EOFError:
+        console.print()
         return None
 
 
