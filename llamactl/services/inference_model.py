@@ -63,11 +63,16 @@ def is_run_dir(path: Path) -> bool:
         (path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file())
 
 
+def check_model_spec(spec: str) -> None:
+    """Fail fast (before loading data or tasks) when MODEL cannot be a model."""
+    if not Path(spec).expanduser().exists():
+        raise ModelNotFoundError(f"model {spec!r} not found: give a Hugging Face model folder or a run directory")
+
+
 def _load_weights(spec: str, dtype: torch.dtype, device: torch.device) -> tuple[Llama, Path, str, Path | None]:
     """(model, tokenizer folder, source description, run dir). The one place to switch loaders."""
+    check_model_spec(spec)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ModelNotFoundError(f"model {spec!r} not found: give a Hugging Face model folder or a run directory")
     if is_run_dir(path):
         for sub in ("export/hf", "export", "hf"):
             if (path / sub / "config.json").is_file():
