@@ -12,6 +12,7 @@ past ``max_shard_bytes``), tied head left out as transformers does.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +71,19 @@ def read_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     for f in files:
         if not f.is_file():
             raise ModelNotFoundError(f"checkpoint shard {f} is missing")
-        if kind == "safetensors":
-            state.update(load_file(str(f)))
-        else:
-            try:
-                state.update(torch.load(f, map_location="cpu", weights_only=True))
-            except Exception as e:  # unpickling refused: arbitrary code would run
-                raise WeightMappingError(
-                    f"{f} needs arbitrary unpickling to load, which llamactl refuses; convert it to "
-                    f"safetensors with a tool you trust") from e
+        try:
+            loaded = load_file(str(f)) if kind == "safetensors" else torch.load(
+                f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refused an object: arbitrary code would run
+            raise WeightMappingError(
+                f"{f} needs arbitrary unpickling to load, which llamactl refuses; convert it to "
+                f"safetensors with a tool you trust") from e
+        except Exception as e:  # truncated download, not a checkpoint at all, ...
+            raise WeightMappingError(f"{f} could not be read ({type(e).__name__}); the file is corrupt or "
+                                     f"incomplete, download it again") from e
+        if not isinstance(loaded, dict):
+            raise WeightMappingError(f"{f} holds a {type(loaded).__name__}, not a state dict of named tensors")
+        state.update(loaded)
     return state
 
 
@@ -88,7 +93,7 @@ def load_state_into(model: Llama, state: dict[str, torch.Tensor], *, dtype: torc
     for name, tensor in state.items():
         if name in own and tuple(own[name].shape) != tuple(tensor.shape):
             raise WeightMappingError(f"weight {name!r} has shape {tuple(tensor.shape)} but the config needs "
-                                     f"{tuple(own[name].shape)}")
+                                     f"{tuple(own[name].shape)}; the config does not describe these weights")
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     if model.config.tie_word_embeddings:

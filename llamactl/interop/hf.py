@@ -106,13 +106,14 @@ def hf_state_dict_to_llamactl(state: Mapping[str, Any], config: LlamaConfig) -> 
             continue
         out[ours] = tensor
     expected = _expected_keys(config)
-    missing = sorted(expected - out.keys())
+    # Named as the checkpoint names them, so the user can look for them in its files.
+    missing = sorted(llamactl_to_hf_key(k) for k in expected - out.keys())
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise WeightMappingError(f"checkpoint lacks weight(s) {', '.join(missing[:3])}{more} for this config")
     extra = sorted(out.keys() - expected)
     if extra:
-        raise WeightMappingError(f"checkpoint has weight {extra[0]!r}, which this config "
+        raise WeightMappingError(f"checkpoint has weight {llamactl_to_hf_key(extra[0])!r}, which this config "
                                  f"({config.num_hidden_layers} layers) does not use")
     return out
 

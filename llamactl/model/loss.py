@@ -25,9 +25,12 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # type: ignore[override]
-                chunk_size: int) -> torch.Tensor:
+                chunk_size: int, grad_enabled: bool) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad is True under no_grad too; without grad_enabled an eval step would
+        # pay for two extra matmuls per chunk and a (V, d) fp32 buffer it never uses.
+        need_h = grad_enabled and ctx.needs_input_grad[0]
+        need_w = grad_enabled and ctx.needs_input_grad[1]
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             n = hidden.shape[0]
             valid = targets != IGNORE_INDEX  # (N,)
@@ -47,9 +50,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 picked = logits.gather(1, safe[:, None]).squeeze(1)  # (C,)
                 total = total + ((lse - picked) * ok).sum()
                 if need_h or need_w:
-                    g = torch.exp(logits - lse[:, None])  # softmax, (C, V)
+                    # In place: the softmax overwrites the logits, so a chunk holds one (C, V)
+                    # fp32 buffer instead of three (peak 3x -> 2x chunk_size * V * 4 bytes).
+                    g = logits.sub_(lse[:, None]).exp_()  # softmax, (C, V)
                     g.scatter_add_(1, safe[:, None], torch.full_like(picked[:, None], -1.0))
-                    g = (g * (ok[:, None] / count)).to(dtype)
+                    g = g.mul_(ok[:, None] / count).to(dtype)
                     if need_h:
                         grad_h[start:end] = g @ w  # (C, d)
                     if need_w:
@@ -63,7 +68,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = (grad_h * grad_output).to(ctx.hidden_dtype) if grad_h is not None else None
         gw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -74,8 +79,9 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         hidden: (N, d) final hidden states.
         weight: (V, d) LM head weight.
         targets: (N,) token ids; ``-100`` is ignored.
-        chunk_size: tokens per chunk; peak extra memory is about ``chunk_size * V * 8`` bytes.
+        chunk_size: tokens per chunk; peak extra memory is about ``chunk_size * V * 8`` bytes
+            (the fp32 chunk logits and logsumexp's temporary), plus a (V, d) fp32 weight gradient.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, torch.is_grad_enabled())

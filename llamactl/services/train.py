@@ -1,0 +1,261 @@
+"""``llamactl train``: config in, a trained run directory and a :class:`TrainResult` out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from llamactl.config.load import config_from_dict, load_train_config, load_yaml_dict
+from llamactl.config.schema import TrainConfig
+from llamactl.errors import ConfigError, RunError, UserInputError
+from llamactl.runs import check_run_dir, find_resumable, latest_checkpoint, new_run_dir
+from llamactl.secrets import redact
+
+log = logging.getLogger("llamactl.train")
+
+DEFAULT_SAMPLE_PROMPT = "It is a truth universally acknowledged"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    steps: int
+    tokens: int
+    first_loss: float | None
+    final_loss: float | None
+    elapsed_s: float
+    tokens_per_s: float | None
+    mfu: float | None
+    eval: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    loss_plot: Path | None = None
+    sample_prompt: str | None = None
+    sample: str | None = None
+    resumed_from_step: int | None = None
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def resolve_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None,
+                   run_dir: str | Path | None = None) -> tuple[TrainConfig, Path | None]:
+    """The config to run, and the run directory to continue (``--run-dir``), if any."""
+    if run_dir is not None:
+        rd = check_run_dir(run_dir)
+        data = load_yaml_dict(rd / "config.yaml", overrides)
+        return config_from_dict(data), rd
+    if yaml_path is None:
+        raise UserInputError("pass --yaml CONFIG to start a run, or --run-dir RUN to continue one")
+    return load_train_config(yaml_path, overrides), None
+
+
+def _write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    import yaml
+
+    data = redact(dataclasses.asdict(cfg))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+class _FileLog:
+    """Attach a train.log handler to the llamactl and composer loggers for the run's duration."""
+
+    def __init__(self, path: Path) -> None:
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        self.loggers = [logging.getLogger("llamactl"), logging.getLogger("composer")]
+        self.levels: list[int] = []
+
+    def __enter__(self) -> _FileLog:
+        for lg in self.loggers:
+            self.levels.append(lg.level)
+            if lg.level == logging.NOTSET or lg.level > logging.INFO:
+                lg.setLevel(logging.INFO)
+            lg.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for lg, lvl in zip(self.loggers, self.levels):
+            lg.removeHandler(self.handler)
+            lg.setLevel(lvl)
+        self.handler.close()
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _oom_message(cfg: TrainConfig, run_dir: Path) -> str:
+    ckpt = latest_checkpoint(run_dir)
+    where = f"last good checkpoint: {ckpt}" if ckpt else "no checkpoint was saved yet"
+    return (f"CUDA ran out of memory at device_train_microbatch_size={cfg.device_train_microbatch_size}, "
+            f"max_seq_len={cfg.max_seq_len}, precision={cfg.precision}; lower device_train_microbatch_size "
+            f"(the global batch is kept by gradient accumulation), set model.activation_checkpointing=full, "
+            f"train LoRA (peft_config) instead of all weights, use precision=amp_bf16, or shorten max_seq_len; "
+            f"{where} (continue with --run-dir {run_dir})")
+
+
+def plan(config: str | Path | None = None, *, overrides: list[str] | None = None,
+         run_dir: str | Path | None = None, gpus: int | None = None):
+    """Size a run without starting it (``--dry-run``): parameters, memory per GPU, expected speed."""
+    import torch
+
+    from llamactl.training.plan import plan_run
+
+    cfg, _ = resolve_config(config, overrides, run_dir)
+    n = gpus or (torch.cuda.device_count() or 1)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return plan_run(cfg, gpus=n, device_name=name)
+
+
+def launch(config: str | Path | None = None, *, overrides: list[str] | None = None, gpus: int,
+           run_dir: str | Path | None = None, extra_args: list[str] | None = None) -> Path:
+    """Start ``gpus`` training processes with ``torchrun`` (one per GPU) on one run directory.
+
+    The run directory and its resolved config are made here, once; each process then continues
+    it with ``--run-dir`` (Composer's autoresume starts from scratch when it holds no checkpoint
+    yet, and from the latest one otherwise). Returns the run directory; raises on failure.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    if gpus < 2:
+        raise UserInputError(f"--gpus must be at least 2 to launch several processes, got {gpus}")
+    cfg, resume_dir = resolve_config(config, overrides, run_dir)
+    if resume_dir is None:
+        run = new_run_dir(cfg.runs_dir, cfg.run_name or "run")
+        _write_config(cfg, run)
+    else:
+        run = resume_dir
+    torchrun = shutil.which("torchrun")
+    cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
+    cmd += ["--standalone", f"--nproc_per_node={gpus}", "-m", "llamactl", "train", "--run-dir", str(run),
+            *(extra_args or [])]
+    log.info("launching %s", " ".join(cmd))
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise RunError(f"the {gpus}-process run failed (exit {proc.returncode}); see {run / 'train.log'} and "
+                       f"continue it with --run-dir {run} --gpus {gpus}")
+    return run
+
+
+def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str] | None = None,
+          run_dir: str | Path | None = None, on_event: Callable | None = None, sample: bool = True) -> TrainResult:
+    """Train as the config says; return the result. Prints nothing.
+
+    Args:
+        config: a :class:`TrainConfig`, or the path of a train YAML.
+        overrides: ``key=value`` strings applied on top of the YAML (e.g. ``optimizer.lr=1e-4``).
+        run_dir: continue this run from its latest checkpoint (its saved config is used).
+        on_event: receives :class:`~llamactl.training.callbacks.ProgressEvent` objects (rank 0).
+        sample: generate one line from the trained model at the end.
+    """
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise UserInputError("overrides apply to a YAML config; change the TrainConfig object instead")
+        cfg, resume_dir = config, (check_run_dir(run_dir) if run_dir else None)
+    else:
+        cfg, resume_dir = resolve_config(config, overrides, run_dir)
+    run_name = cfg.run_name or "run"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if world > 1 and resume_dir is None:
+        raise UserInputError("under a multi-process launcher pass --run-dir (one run directory for every "
+                             "process), or let llamactl launch the processes with --gpus N")
+    if resume_dir is None and cfg.autoresume:
+        resume_dir = find_resumable(cfg.runs_dir, run_name)
+    autoresume = resume_dir is not None
+    if autoresume:
+        run = resume_dir
+    else:
+        run = new_run_dir(cfg.runs_dir, run_name)
+        _write_config(cfg, run)
+
+    # Fewer fragmentation OOMs at large micro-batches; must be set before CUDA is first used.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    from llamactl.training.callbacks import plot_loss
+    from llamactl.training.trainer import build_trainer
+
+    t0 = time.perf_counter()
+    with _FileLog(run / ("train.log" if rank0 else f"train-rank{os.environ.get('RANK')}.log")):
+        log.info("run directory %s%s", run, " (resuming)" if autoresume else "")
+        built = build_trainer(cfg, run, on_event=on_event, autoresume=autoresume)
+        resumed_from = int(built.trainer.state.timestamp.batch.value) or None
+        try:
+            built.trainer.fit()
+        except Exception as e:
+            if _is_oom(e):
+                raise RunError(_oom_message(cfg, run)) from e
+            raise
+        finally:
+            built.trainer.close()
+        recorder = built.recorder
+        elapsed = time.perf_counter() - t0
+        steps = int(built.trainer.state.timestamp.batch.value)
+        tokens = int(built.trainer.state.timestamp.token.value)
+        from llamactl.training.callbacks import read_metrics
+
+        history, evals = read_metrics(run)
+        tps = [r["tokens_per_s"] for r in history if r.get("tokens_per_s")]
+        mfus = [r["mfu"] for r in history if r.get("mfu") is not None]
+        tail = max(1, len(tps) // 2)  # steady state: the second half of the run
+        result = TrainResult(
+            run_dir=run, steps=steps, tokens=tokens,
+            first_loss=history[0]["loss"] if history else None,
+            final_loss=history[-1]["loss"] if history else None,
+            elapsed_s=round(elapsed, 2),
+            tokens_per_s=round(sum(tps[-tail:]) / len(tps[-tail:]), 1) if tps else None,
+            mfu=round(sum(mfus[-tail:]) / len(mfus[-tail:]), 4) if mfus else None,
+            eval=evals[-1]["eval"] if evals else {},
+            checkpoint=latest_checkpoint(run), resumed_from_step=resumed_from, device=built.device)
+        del recorder
+        if not rank0:
+            return result
+        result.loss_plot = plot_loss(run)
+        if sample and world == 1:
+            result.sample_prompt = cfg.sample_prompt or DEFAULT_SAMPLE_PROMPT
+            result.sample = _sample_line(built, result.sample_prompt, cfg.sample_max_new_tokens, cfg.seed)
+        (run / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        log.info("finished: %s", json.dumps(result.to_dict()))
+    return result
+
+
+def _sample_line(built, prompt: str, max_new_tokens: int, seed: int) -> str:
+    """One short continuation of ``prompt`` from the trained weights, so the user sees the model speak.
+
+    ``built.llama`` is the inner model; with LoRA, PEFT injected its layers into it in place, so the
+    adapters take part without going through the PEFT wrapper.
+    """
+    import torch
+
+    from llamactl.generation import Generator, SamplingConfig
+    from llamactl.model.llama import set_sdpa_backend
+
+    tok = built.tokenizer
+    model = built.llama
+    was_training = model.training
+    # Decoding uses a boolean mask, which the cuDNN backend chosen for training cannot take, and
+    # the layers compiled for training would recompile for every new length: run it plainly.
+    set_sdpa_backend("auto")
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            out = Generator(model, mode="eager").generate(
+                [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50,
+                                                     seed=seed),
+                eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],
+                pad_token_id=tok.pad_token_id or 0, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out.texts[0] if out.texts else ""
