@@ -82,16 +82,27 @@ def test_eval_json_goes_to_stdout(tiny_dir, files, tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "results.json").read_text())["tasks"] == data["tasks"]
 
 
-def test_results_go_to_the_run_dir_or_to_evals_here(tiny_dir, files, tmp_path, capsys, monkeypatch):
-    run = tmp_path / "runs" / "tiny-20250101-000000"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("model: {}\n")
-    shutil.copytree(tiny_dir, run / "export")
-    code, _, err = run_cli(["eval", str(run), "-t", str(files / "count.jsonl"), "--device", "cpu"], capsys)
+def test_lora_run_dir_is_evaluated_merged_and_results_go_into_it(files, tmp_path, capsys, monkeypatch, shared_data):
+    """A real LoRA run (Composer checkpoint): eval loads base + adapter merged, writes RUN_DIR/evals/<ts>/."""
+    from convert_support import tiny_config, tiny_pretrained, train_run
+
+    tok = shared_data / "tokenizers" / "smollm2"
+    base = tiny_pretrained(tmp_path / "base", tiny_config(vocab_size=49152), tokenizer_from=tok)
+    lora = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    run, _ = train_run(tmp_path / "runs", base, lora=lora, steps=2)
+    code, out, err = run_cli(["eval", str(run), "-t", str(files / "count.jsonl"), "--json", "--device", "cpu"],
+                             capsys)
     assert code == 0, err
+    data = json.loads(out)
+    assert "LoRA merged" in data["source"]
     assert len(list((run / "evals").glob("*/results.json"))) == 1
+    # generate takes the same run directory
+    code, out, err = run_cli(["generate", str(run), "-p", "Hello", "-n", "4", "--json", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["completions"][0]["new_tokens"] == 4
+    # a plain model folder without --out: ./evals/<timestamp>/
     monkeypatch.chdir(tmp_path)
-    code, _, _ = run_cli(["eval", str(tiny_dir), "-t", str(files / "count.jsonl"), "--device", "cpu"], capsys)
+    code, _, _ = run_cli(["eval", str(base), "-t", str(files / "count.jsonl"), "--device", "cpu"], capsys)
     assert code == 0
     assert len(list((tmp_path / "evals").glob("*/results.csv"))) == 1
 
