@@ -385,7 +385,11 @@ def eval_results(result) -> None:
         for c, j in (("data", "left"), ("tokens", "right"), ("cross-entropy", "right"), ("perplexity", "right")):
             t.add_column(c, justify=j)
         for p in result.perplexity:
-            t.add_row(p.data, f"{p.tokens:,}", f"{p.ce:.4f}", f"{p.ppl:.3f}")
+            from pathlib import Path
+
+            where = Path(p.data)
+            name = f"{where.parent.name}/{where.name}" if where.is_dir() else where.name  # full path in results.json
+            t.add_row(name, f"{p.tokens:,}", f"{p.ce:.4f}", f"{p.ppl:.3f}")
         console.print(t)
     if result.out_dir is not None:
         console.print(f"results: {result.out_dir}/results.json, results.csv  ({result.seconds:.1f} s)",
@@ -441,6 +445,7 @@ def chat_input() -> str | None:
     try:
         return console.input("[bold cyan]you>[/] ")
     except EOFError:
+        console.print()
         return None
 
 

@@ -15,10 +15,11 @@ Scoring rule (the one the reference test re-implements with stock transformers):
 4. Accuracy is reported with its standard error ``sqrt(acc * (1 - acc) / (n - 1))`` and the
    chance level (mean over examples of correct choices / choices).
 
-Batching: examples are sorted by length and grouped under a token budget. A group's contexts run
-once, left-padded, into a static KV cache; the cache rows are then repeated per choice and all
-continuations of the group run as one batch on top. Compared with scoring ``context + choice``
-sequences this does the context work once per example instead of once per choice.
+Batching: examples are sorted by length and grouped under a token budget. Each example is packed
+into one sequence, its context followed by all its continuations, with an attention mask that
+lets each continuation see only the context and itself (positions continue from the context for
+every continuation). The context is computed once per example instead of once per choice, and
+nothing is copied: no per-choice KV cache.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any, Callable
 import torch
 
 from llamactl.evaluation.tasks import Rendered, Task, render
-from llamactl.model.kv_cache import KVCache, cache_attention_mask
 from llamactl.model.llama import Llama
 
 log = logging.getLogger(__name__)
@@ -103,15 +103,6 @@ def tokenize(rendered: list[Rendered], tokenizer: Any, max_seq_len: int) -> tupl
     return requests, truncated
 
 
-def _repeat_rows(cache: KVCache, rows: torch.Tensor) -> KVCache:
-    """A cache whose row i is ``cache`` row ``rows[i]`` (copies; the source stays untouched)."""
-    out = object.__new__(KVCache)
-    out.keys = [k.index_select(0, rows) for k in cache.keys]
-    out.values = [v.index_select(0, rows) for v in cache.values]
-    out.max_len, out.batch_size = cache.max_len, int(rows.numel())
-    return out
-
-
 def _token_logprobs(model: Llama, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of ``targets`` (M,) and whether each is the argmax, from hidden (M, d)."""
@@ -125,69 +116,74 @@ def _token_logprobs(model: Llama, hidden: torch.Tensor, targets: torch.Tensor, c
     return torch.cat(lps), torch.cat(greedy)
 
 
+def pack(request: Request) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
+    """One sequence holding the context followed by every continuation.
+
+    Returns ids, rotary positions, a segment id per token (-1 = context, k = continuation k)
+    and, per continuation, its (start, length) in the sequence. Each continuation is placed at
+    the positions it would have right after the context.
+    """
+    ids, pos, seg = list(request.context), list(range(len(request.context))), [-1] * len(request.context)
+    spans = []
+    c = len(request.context)
+    for k, cont in enumerate(request.continuations):
+        spans.append((len(ids), len(cont)))
+        ids += cont
+        pos += range(c, c + len(cont))
+        seg += [k] * len(cont)
+    return ids, pos, seg, spans
+
+
 @torch.no_grad()
 def _score_group(model: Llama, group: list[Request]) -> list[list[ChoiceScore]]:
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    e = len(group)
-    c_len = max(len(r.context) for r in group)
-    t_len = max(len(c) for r in group for c in r.continuations)
-    slots = c_len + t_len
-    # Contexts, left-padded: (E, C).
-    ids = torch.zeros((e, c_len), dtype=torch.long)
-    mask = torch.zeros((e, c_len), dtype=torch.bool)
-    for i, r in enumerate(group):
-        ids[i, c_len - len(r.context):] = torch.tensor(r.context)
-        mask[i, c_len - len(r.context):] = True
-    ids, mask = ids.to(dev), mask.to(dev)
-    key_padding = torch.ones((e, slots), dtype=torch.bool, device=dev)
-    key_padding[:, :c_len] = mask
-    pos = (mask.long().cumsum(-1) - 1).clamp_min(0)  # (E, C)
-    cache = KVCache.for_config(model.config, e, slots, dtype=dtype, device=dev)
-    cache_position = torch.arange(c_len, device=dev)
-    hidden = model.forward_hidden(ids, position_ids=pos, kv_cache=cache, cache_position=cache_position,
-                                  attn_mask=cache_attention_mask(cache_position, slots, key_padding))
-    last = hidden[:, -1]  # (E, d): predicts every continuation's first token
+    """Score a group of requests in one forward pass.
 
-    # One row per (example, choice): continuations right-padded to T.
-    rows, conts = [], []
-    for i, r in enumerate(group):
-        for c in r.continuations:
-            rows.append(i)
-            conts.append(c)
-    n = len(conts)
-    row_idx = torch.tensor(rows, device=dev)
-    cont = torch.zeros((n, t_len), dtype=torch.long)
-    lens = torch.tensor([len(c) for c in conts])
-    for j, c in enumerate(conts):
-        cont[j, :len(c)] = torch.tensor(c)
-    cont = cont.to(dev)
-    first_lp, first_greedy = _token_logprobs(model, last.index_select(0, row_idx), cont[:, 0])
-    total = first_lp.double()
-    all_greedy = first_greedy.clone()
-    if t_len > 1:
-        pair_cache = _repeat_rows(cache, row_idx)
-        cpos = torch.arange(c_len, slots, device=dev)  # (T,)
-        ctx_lens = mask.long().sum(-1).index_select(0, row_idx)  # (N,)
-        cont_pos = ctx_lens[:, None] + torch.arange(t_len, device=dev)[None, :]  # (N, T): real positions
-        attn = cache_attention_mask(cpos, slots, key_padding.index_select(0, row_idx))  # (N, 1, T, S)
-        h = model.forward_hidden(cont, position_ids=cont_pos, kv_cache=pair_cache, cache_position=cpos,
-                                 attn_mask=attn)  # (N, T, d)
-        # Position t predicts token t + 1; keep the ones inside each continuation.
-        valid = torch.arange(t_len - 1)[None, :] < (lens[:, None] - 1)  # (N, T-1)
-        valid = valid.to(dev)
-        sel_h = h[:, :-1][valid]  # (M, d)
-        sel_t = cont[:, 1:][valid]  # (M,)
-        lp, gr = _token_logprobs(model, sel_h, sel_t)
-        owner = torch.arange(n, device=dev)[:, None].expand(n, t_len - 1)[valid]  # (M,)
-        total = total.index_add(0, owner, lp.double())
-        bad = torch.zeros(n, dtype=torch.long, device=dev).index_add(0, owner, (~gr).long())
-        all_greedy &= bad == 0
-    totals, greedys = total.tolist(), all_greedy.tolist()
+    Each example is one right-padded row: its context, then all its continuations side by side.
+    The boolean mask lets context tokens attend causally within the context, and a continuation's
+    tokens attend to the whole context and causally to their own continuation only, so every
+    continuation sees exactly ``context + itself`` while the context is computed once.
+    """
+    dev = next(model.parameters()).device
+    packed = [pack(r) for r in group]
+    b, length = len(group), max(len(p[0]) for p in packed)
+    ids = torch.zeros((b, length), dtype=torch.long)
+    pos = torch.zeros((b, length), dtype=torch.long)
+    seg = torch.full((b, length), -2, dtype=torch.long)  # -2 = padding
+    for i, (x, p, sg, _) in enumerate(packed):
+        ids[i, :len(x)] = torch.tensor(x)
+        pos[i, :len(x)] = torch.tensor(p)
+        seg[i, :len(x)] = torch.tensor(sg)
+    causal = torch.ones((length, length), dtype=torch.bool).tril()  # (T, T)
+    q_seg, k_seg = seg[:, :, None], seg[:, None, :]  # (B, T, 1), (B, 1, T)
+    visible = (k_seg == -1) | ((k_seg == q_seg) & (q_seg >= 0))  # context keys, or own continuation
+    eye = torch.eye(length, dtype=torch.bool)[None]  # padding queries see themselves: no empty rows
+    mask = ((visible & causal[None]) | eye)[:, None]  # (B, 1, T, T)
+    hidden = model.forward_hidden(ids.to(dev), position_ids=pos.to(dev), attn_mask=mask.to(dev))  # (B, T, d)
+
+    # Which hidden state predicts which target: the last context token predicts each
+    # continuation's first token; continuation token j predicts token j + 1.
+    rows, src, tgt, owner = [], [], [], []
+    n = 0
+    for i, (r, (x, _, _, spans)) in enumerate(zip(group, packed)):
+        c = len(r.context)
+        for start, size in spans:
+            for j in range(size):
+                rows.append(i)
+                src.append(c - 1 if j == 0 else start + j - 1)
+                tgt.append(x[start + j])
+                owner.append(n)
+            n += 1
+    row_t = torch.tensor(rows, device=dev)
+    src_t = torch.tensor(src, device=dev)
+    lp, gr = _token_logprobs(model, hidden[row_t, src_t], torch.tensor(tgt, device=dev))
+    owner_t = torch.tensor(owner, device=dev)
+    total = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, owner_t, lp.double())
+    misses = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, owner_t, (~gr).long())
+    totals, greedy = total.tolist(), (misses == 0).tolist()
     out: list[list[ChoiceScore]] = []
     j = 0
     for r in group:
-        out.append([ChoiceScore(totals[j + k], len(r.continuations[k]), greedys[j + k])
+        out.append([ChoiceScore(totals[j + k], len(r.continuations[k]), greedy[j + k])
                     for k in range(len(r.continuations))])
         j += len(r.continuations)
     return out
@@ -198,19 +194,19 @@ def score_requests(model: Llama, requests: list[Request], *, batch_tokens: int =
     """Scores of every continuation of every request, in request order.
 
     Args:
-        batch_tokens: budget per group, counted as (examples + choices) x padded length; it bounds
-            the activations and the repeated KV cache of a group.
+        batch_tokens: budget per forward pass, in padded tokens (examples x longest packed
+            example); it bounds the activations and the (B, T, T) attention mask.
     """
-    order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context)
-                                                          + max(len(c) for c in requests[i].continuations)))
+    def packed_len(r: Request) -> int:
+        return len(r.context) + sum(len(c) for c in r.continuations)
+
+    order = sorted(range(len(requests)), key=lambda i: -packed_len(requests[i]))
     results: list[list[ChoiceScore] | None] = [None] * len(requests)
     done = 0
     group: list[int] = []
 
     def cost(members: list[int]) -> int:
-        rs = [requests[i] for i in members]
-        width = max(len(r.context) for r in rs) + max(len(c) for r in rs for c in r.continuations)
-        return (len(rs) + sum(len(r.continuations) for r in rs)) * width
+        return len(members) * max(packed_len(requests[i]) for i in members)  # padded tokens
 
     def flush() -> None:
         nonlocal done, group

@@ -38,28 +38,37 @@ class Perplexity(NamedTuple):
     tokens: int
 
 
-def _prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                                          torch.Tensor | None]:
+def _prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(input_ids, labels, extra forward kwargs) for one batch."""
     if isinstance(batch, torch.Tensor):
         ids = batch.to(device)
-        return ids, ids, None, None
+        return ids, ids, {}
     ids = batch["input_ids"].to(device)
     labels = batch["labels"].to(device) if "labels" in batch else ids.clone()
+    extra: dict[str, torch.Tensor] = {}
+    if "sequence_id" in batch:  # packed documents: attention stays inside each (as in training)
+        extra["sequence_id"] = batch["sequence_id"].to(device)
+    if "position_ids" in batch:
+        extra["position_ids"] = batch["position_ids"].to(device)
     am = batch.get("attention_mask")
     if am is None:
-        return ids, labels, None, None
+        return ids, labels, extra
     am = am.to(device).bool()
     labels = labels.masked_fill(~am, IGNORE_INDEX)
     # A target predicted from a padding position (the first real token after left padding) is not
     # a prediction the model makes on real text: ignore it too.
     labels[:, 1:] = labels[:, 1:].masked_fill(~am[:, :-1], IGNORE_INDEX)
     if bool(am.all()):
-        return ids, labels, None, None
+        return ids, labels, extra
     # Padding anywhere (left or right): real tokens see only real tokens, positions count real ones.
-    pos = (am.long().cumsum(-1) - 1).clamp_min(0)  # (B, T)
     t = ids.shape[1]
-    attn = cache_attention_mask(torch.arange(t, device=device), t, am)  # (B, 1, T, T)
-    return ids, labels, pos, attn
+    mask = cache_attention_mask(torch.arange(t, device=device), t, am)  # (B, 1, T, T)
+    if "sequence_id" in extra:
+        seq = extra.pop("sequence_id")
+        mask = mask & (seq[:, :, None] == seq[:, None, :])[:, None]
+    extra["attn_mask"] = mask
+    extra.setdefault("position_ids", (am.long().cumsum(-1) - 1).clamp_min(0))  # (B, T)
+    return ids, labels, extra
 
 
 @torch.no_grad()
@@ -69,8 +78,9 @@ def evaluate_perplexity(model: Llama, batches: Iterable[Batch]) -> Perplexity:
     Args:
         model: our inner model (evaluated in its current dtype/device; put in eval mode here).
         batches: ``(B, T)`` id tensors, or dicts with ``input_ids`` and optionally ``labels``
-            (aligned with the inputs, ``-100`` ignored) and ``attention_mask`` (0 = padding,
-            which is neither attended to nor scored).
+            (aligned with the inputs, ``-100`` ignored), ``attention_mask`` (0 = padding, which
+            is neither attended to nor scored) and, for packed data, ``sequence_id`` /
+            ``position_ids`` (attention kept inside each packed document, as in training).
 
     Returns:
         ``Perplexity(ce, ppl, tokens)``; ``ce`` is the sum of per-target losses divided by the
@@ -83,11 +93,11 @@ def evaluate_perplexity(model: Llama, batches: Iterable[Batch]) -> Perplexity:
     count = 0
     try:
         for batch in batches:
-            ids, labels, pos, attn = _prepare(batch, device)
+            ids, labels, extra = _prepare(batch, device)
             n = int((labels[:, 1:] != IGNORE_INDEX).sum())
             if n == 0:
                 continue
-            loss = model(ids, labels=labels, position_ids=pos, attn_mask=attn).loss  # mean over the n targets
+            loss = model(ids, labels=labels, **extra).loss  # mean over the n targets
             total += float(loss.double()) * n
             count += n
     finally:

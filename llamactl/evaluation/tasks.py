@@ -256,7 +256,9 @@ def resolve_tasks(names: list[str], task_dirs: list[Path], num_fewshot: list[int
                 raise UserInputError(f"task-set file {p} does not exist")
             tasks.extend(load_task_set(p))
             continue
-        if p.suffix in (".json", ".jsonl") and p.is_file():
+        if p.suffix in (".json", ".jsonl"):
+            if not p.is_file():
+                raise UserInputError(f"task file {p} does not exist")
             tasks.append(load_task(p, num_fewshot=num_fewshot))
             continue
         found = [d / f"{name}{ext}" for d in task_dirs for ext in (".json", ".jsonl") if (d / f"{name}{ext}").is_file()]

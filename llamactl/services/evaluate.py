@@ -145,12 +145,14 @@ def run_eval(req: EvalRequest, progress: ProgressFn | None = None) -> EvalResult
     """Evaluate ``req.model`` on the requested tasks and perplexity sources."""
     from llamactl.evaluation.icl import evaluate_task
     from llamactl.evaluation.tasks import resolve_tasks
-    from llamactl.services.inference_model import eval_output_dir, load_inference_model, timestamp
+    from llamactl.services.inference_model import (check_model_spec, eval_output_dir, load_inference_model,
+                                                   timestamp)
 
     if not req.tasks and not req.data:
         raise UserInputError("nothing to evaluate: pass --tasks (ICL tasks) and/or --data (perplexity text)")
     if any(s < 0 for s in req.num_fewshot) or not req.num_fewshot:
         raise UserInputError(f"--num-fewshot must be non-negative integers, got {req.num_fewshot}")
+    check_model_spec(req.model)
     # Load tasks before the model, so a typo fails in a second rather than after loading weights.
     tasks = resolve_tasks(req.tasks, [Path(d) for d in req.task_dirs], req.num_fewshot) if req.tasks else []
     for d in req.data:

@@ -1,5 +1,6 @@
 """Loading a model and its tokenizer for ``eval`` and ``generate``: the one place that turns the
-user's MODEL argument into our inner :class:`~llamactl.model.llama.Llama` plus a tokenizer.
+user's MODEL argument into our inner :class:`~llamactl.model.llama.Llama` plus a tokenizer
+(through :func:`llamactl.interop.sources.load_model`).
 
 Also decides where eval results go: a run directory gets ``RUN_DIR/evals/<timestamp>/``.
 """
@@ -57,30 +58,26 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return parse_dtype(dtype)  # type: ignore[return-value]
 
 
-def is_run_dir(path: Path) -> bool:
-    """A llamactl run directory (``runs/<name>-<timestamp>/``) rather than a model folder."""
-    return path.is_dir() and (path / "config.yaml").is_file() and (
-        (path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file())
+def check_model_spec(spec: str) -> None:
+    """Fail fast (before reading tasks or data) when MODEL is neither a local path nor a hub id."""
+    from llamactl.interop.sources import _HUB_ID, _looks_like_path
+
+    text = str(spec).strip()
+    if Path(text).expanduser().exists():
+        return
+    if not text or _looks_like_path(text) or not _HUB_ID.match(text):
+        raise ModelNotFoundError(f"model {text!r} not found: give a model folder, a hub id (org/name), "
+                                 f"a .gguf file or a run directory")
 
 
-def _load_weights(spec: str, dtype: torch.dtype, device: torch.device) -> tuple[Llama, Path, str, Path | None]:
-    """(model, tokenizer folder, source description, run dir). The one place to switch loaders."""
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise ModelNotFoundError(f"model {spec!r} not found: give a Hugging Face model folder or a run directory")
-    if is_run_dir(path):
-        for sub in ("export/hf", "export", "hf"):
-            if (path / sub / "config.json").is_file():
-                from llamactl.interop.checkpoint import load_hf_folder
-
-                return load_hf_folder(path / sub, dtype=dtype, device=device), path / sub, str(path / sub), path
-        raise ModelNotFoundError(f"run directory {path} has no exported model (export/config.json); "
-                                 f"export it first")
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{path} is not a model folder (no config.json) nor a run directory")
-    from llamactl.interop.checkpoint import load_hf_folder
-
-    return load_hf_folder(path, dtype=dtype, device=device), path, str(path), None
+def _run_dir_of(source: Any) -> Path | None:
+    """The run directory a run / checkpoint source belongs to (where its evals go)."""
+    if source.kind not in ("run", "checkpoint"):
+        return None
+    for cand in (source.path, source.path.parent, source.path.parent.parent):
+        if (cand / "config.yaml").is_file():
+            return cand
+    return None
 
 
 def _eos_ids(folder: Path, model: Llama, tokenizer: Any) -> list[int]:
@@ -104,21 +101,35 @@ def _eos_ids(folder: Path, model: Llama, tokenizer: Any) -> list[int]:
 
 
 def load_inference_model(spec: str, *, dtype: str | None = None, device: str | None = None) -> InferenceModel:
-    """Our model + tokenizer from a model folder or run directory, in eval mode."""
+    """Our model (LoRA merged in) + tokenizer from any model source, in eval mode.
+
+    Sources are those of :func:`llamactl.interop.sources.load_model`: model folders, hub ids,
+    ``.gguf`` files, PEFT adapters, run directories and Composer ``.pt`` checkpoints.
+    """
+    from llamactl.interop.sources import load_model
+
+    check_model_spec(spec)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    model, tok_dir, source, run_dir = _load_weights(spec, dt, dev)
+    loaded = load_model(spec, dtype=dt, device=dev)
+    tok_dir = loaded.tokenizer_dir
+    if tok_dir is None:
+        raise ModelNotFoundError(f"no tokenizer is known for {spec}: put tokenizer.json next to the weights "
+                                 f"(or set tokenizer.name in the run's config)")
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"no usable tokenizer in {tok_dir} ({str(e).splitlines()[0]}); "
+        raise ModelNotFoundError(f"the tokenizer in {tok_dir} does not load ({str(e).splitlines()[0]}); "
                                  f"copy tokenizer.json and tokenizer_config.json next to the weights") from e
-    eos = _eos_ids(tok_dir, model, tokenizer)
+    model = loaded.model
+    folder = loaded.source.path if loaded.source.path.is_dir() else tok_dir
+    eos = _eos_ids(folder, model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     model.eval()
-    return InferenceModel(model=model, tokenizer=tokenizer, source=source, run_dir=run_dir,
+    what = loaded.source.spec + (" (LoRA merged)" if loaded.lora_merged else "")
+    return InferenceModel(model=model, tokenizer=tokenizer, source=what, run_dir=_run_dir_of(loaded.source),
                           eos_token_ids=eos, pad_token_id=int(pad))
 
 
