@@ -59,10 +59,10 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
                     raise ConfigError("model.config_overrides cannot change the architecture of pretrained "
                                       "weights; set model.pretrained=false to train that architecture from scratch")
             else:
-                from llamactl.interop.checkpoint import read_hf_config
+                from llamactl.interop.sources import model_config as source_config
 
                 source = resolve_model_source(m.pretrained_model_name_or_path)
-                config = read_hf_config(source.path).replace(**m.config_overrides)
+                config = source_config(m.pretrained_model_name_or_path).replace(**m.config_overrides)
                 model, tok_dir = Llama(config), source.tokenizer_dir
                 model.init_weights(seed=seed)
             return model, (str(tok_dir) if tok_dir else None)
