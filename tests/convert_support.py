@@ -102,3 +102,34 @@ def ours_logits(composer_model, ids: torch.Tensor) -> torch.Tensor:
 def stock_logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits.float()
+
+
+def tiny_bpe_tokenizer(folder: Path, corpus_file: Path, *, vocab_size: int = 320) -> Path:
+    """Train a small byte-level BPE tokenizer (GPT-2 style, ChatML specials) on a slice of a corpus
+    and save it as an HF tokenizer folder: small vocabularies keep GGUF tests fast."""
+    import gzip
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = []
+    with gzip.open(corpus_file, "rt") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"][:4000])
+            if len(texts) >= 20:
+                break
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                          "{% endfor %}")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return folder

@@ -136,6 +136,7 @@ def test_lora_variants_roundtrip(tmp_path, variant):
     assert (ours - stock_logits(_stock(tmp_path / "merged"), ids)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_smollm2_lora_roundtrip(smollm2_dir, tmp_path):
     """The real pretrained model: a short LoRA run on SmolLM2-135M, exported and reloaded stock."""
     lora = {**LORA, "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
@@ -157,3 +158,39 @@ def test_lora_only_biases_lost_by_composer_are_reported(tmp_path):
     run, _ = train_run(tmp_path / "runs", base, lora={**LORA, "bias": "lora_only"}, steps=1)
     with pytest.raises(WeightMappingError, match="lora_only"):
         convert(ConvertRequest(source=str(run), out=tmp_path / "adapter"))
+
+
+def test_stock_hf_model_run_is_exported_too(tmp_path):
+    """A run of the stock transformers model (model.impl: hf, Composer's own HuggingFaceModel) names
+    weights the HF way (model.base_model.model.model.layers...); export handles it the same."""
+    from composer import Trainer
+    from composer.models import HuggingFaceModel
+    from peft import LoraConfig
+    from torch.utils.data import DataLoader
+    from transformers import LlamaForCausalLM
+
+    from convert_support import RandomTokens
+    from llamactl.interop.hf import to_transformers_config
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(to_transformers_config(tiny_config()))
+    hf.save_pretrained(str(tmp_path / "base"))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model:\n  impl: hf\n  pretrained_model_name_or_path: {tmp_path / 'base'}\n")
+    model = HuggingFaceModel(hf, tokenizer=None, use_logits=True, should_save_peft_only=True,
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                    task_type="CAUSAL_LM"))
+    dl = DataLoader(RandomTokens(8, 16, 211), batch_size=4)
+    trainer = Trainer(model=model, train_dataloader=dl, max_duration="2ba", device="cpu", progress_bar=False,
+                      optimizers=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
+                      save_folder=str(run / "checkpoints"), save_interval="2ba", log_to_console=False)
+    trainer.fit()
+    trainer.close()
+    res = convert(ConvertRequest(source=str(run), out=tmp_path / "adapter"))
+    assert res.lora_b_nonzero == (4, 4)
+    ids = torch.randint(0, 211, (1, 12), generator=torch.Generator().manual_seed(0))
+    model.model.eval()
+    with torch.no_grad():
+        ours = model.model(input_ids=ids).logits
+    assert (ours - stock_logits(_stock_peft(tmp_path / "base", tmp_path / "adapter"), ids)).abs().max() <= 1e-5

@@ -68,16 +68,26 @@ def torch_load_safe(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for refused globals
         text = str(e)
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if m:
+        m = re.search(r"GLOBAL ([\w.]+)", text)
+        if m or "Weights only load failed" in text:
+            culprit = m.group(1) if m else _first_unsafe_global(path)
             raise WeightMappingError(
-                f"{path} contains a pickled {m.group(1)} object, and unpickling it could run arbitrary code, so "
-                f"llamactl refuses to load it; re-save the weights as safetensors with a tool you trust") from e
+                f"{path} contains a pickled {culprit} object, and unpickling it could run arbitrary code, so "
+                f"llamactl refuses to load it; re-save the weights as safetensors with a tool you trust") from None
         if isinstance(e, (OSError, EOFError)) or "zip" in text.lower() or "magic" in text.lower():
             raise WeightMappingError(f"{path} is not a readable PyTorch checkpoint ({text.splitlines()[0][:120]})"
                                      ) from e
         raise WeightMappingError(f"{path} could not be loaded with weights_only=True: "
                                  f"{text.splitlines()[0][:200]}") from e
+
+
+def _first_unsafe_global(path: Path) -> str:
+    try:
+        allowed = {f"{c.__module__}.{c.__qualname__}" for c in _safe_classes()}
+        found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+        return found[0] if found else "non-tensor"
+    except Exception:  # noqa: BLE001 - only used to word the message
+        return "non-tensor"
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -103,8 +103,9 @@ class LlamactlComposerModel(HuggingFaceModel):
         from llamactl.interop.hf import to_transformers_config
 
         inner = apply_lora(model, peft_config) if peft_config else model
-        super().__init__(inner, tokenizer=tokenizer, use_logits=False, shift_labels=True,
-                         metrics=[TokenCrossEntropy(), TokenPerplexity()],
+        # No train metrics: Composer would run an extra forward per micro-batch to compute them; the
+        # training loss is recorded every step anyway.
+        super().__init__(inner, tokenizer=tokenizer, use_logits=False, shift_labels=True, metrics=None,
                          eval_metrics=[TokenCrossEntropy(), TokenPerplexity()], should_save_peft_only=True)
         # Composer reads an HF PretrainedConfig (checkpoint metadata, use_return_dict); ours is a
         # dataclass, so supply the equivalent transformers config.

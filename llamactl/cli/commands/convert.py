@@ -33,8 +33,10 @@ def convert(
     from llamactl.cli import render
     from llamactl.services.convert import ConvertRequest, convert as run_convert
 
+    from llamactl.errors import UserInputError
+
     if to not in ("auto", "hf", "peft", "gguf"):
-        raise typer.BadParameter(f"{to!r} is not one of auto, hf, peft, gguf", param_hint="--to")
+        raise UserInputError(f"--to {to!r} is not one of auto, hf, peft, gguf")
     req = ConvertRequest(source=source, out=out, to=to, merge=merge, dtype=dtype, base=base, tokenizer=tokenizer,
                          overwrite=overwrite, push_to_hub=push_to_hub, private=not public)
     with render.stage_progress("convert") as progress:
