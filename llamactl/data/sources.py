@@ -72,7 +72,13 @@ class FileSet:
         return min(1.0, (self.done_bytes + pos) / total)
 
     def open(self, i: int) -> io.BufferedIOBase:
-        raw = self.fs.open(self.files[i], "rb")
+        try:
+            raw = self.fs.open(self.files[i], "rb")
+        except Exception as e:  # noqa: BLE001 - local OSError or the hub's HTTP errors alike
+            from llamactl.secrets import scrub
+
+            raise DataError(f"cannot open {self.files[i]} ({type(e).__name__}: {scrub(str(e))[:120]}); check the "
+                            f"path, the network and HF_TOKEN") from None
         self._current = raw
         if self.files[i].endswith(".gz"):
             return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
