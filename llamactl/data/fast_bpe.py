@@ -77,16 +77,17 @@ def tiktoken_params(tokenizer_json: str) -> tuple[dict[str, Any] | None, str]:
         return None, "added tokens with strip/single-word rules"
     specials = {t["content"]: int(t["id"]) for t in added}
     special_ids = set(specials.values())
-    dec = _byte_decoder()
+    # Byte-level tokens spell each byte with one printable character; translate them back to
+    # latin-1 characters whose code points are the bytes, then encode (fast: all in C).
+    table = str.maketrans({c: chr(b) for c, b in _byte_decoder().items()})
     vocab: dict[str, int] = model["vocab"]
     ranks: dict[bytes, int] = {}
-    for tok, i in vocab.items():
-        if i in special_ids:
-            continue
-        try:
-            ranks[bytes(dec[c] for c in tok)] = int(i)
-        except KeyError:
-            return None, "vocabulary is not byte-level"
+    try:
+        for tok, i in vocab.items():
+            if i not in special_ids:
+                ranks[tok.translate(table).encode("latin-1")] = int(i)
+    except UnicodeEncodeError:
+        return None, "vocabulary is not byte-level"
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     fallback = _fallback_chars(missing)
     if fallback is None:
