@@ -161,3 +161,28 @@ def test_real_composer_checkpoint_loads_with_weights_only(full_run):
     assert not ck.is_lora and ck.batches == 3 and ck.hf_config["model_type"] == "llama"
     assert "layers.0.self_attn.q_proj.weight" in ck.weights
     assert "tokenizer.json" in ck.tokenizer_files  # Composer keeps the run's tokenizer in the checkpoint
+
+
+def test_tokenizer_stored_in_the_checkpoint_is_used_when_the_configured_one_is_gone(full_run, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from llamactl.interop.sources import load_model
+
+    root, base, run, model = full_run
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved, symlinks=True)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["tokenizer"]["name"] = str(tmp_path / "deleted-tokenizer")
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    tok_dir = load_model(moved).tokenizer_dir
+    assert tok_dir is not None and str(tok_dir).startswith(str(tmp_path / "cache"))
+    from transformers import AutoTokenizer
+
+    from llamactl.data.embedded import embedded_tokenizer_dir
+
+    text = "It is a truth universally acknowledged."
+    assert AutoTokenizer.from_pretrained(str(tok_dir))(text).input_ids == \
+        AutoTokenizer.from_pretrained(str(embedded_tokenizer_dir()))(text).input_ids
