@@ -37,8 +37,11 @@ sys.path.insert(0, str(REPO))
 VARIANTS = {
     "hf": ["model.impl=hf", "optimizer.name=decoupled_adamw"],
     "eager": ["model.impl=custom", "optimizer.name=decoupled_adamw"],
-    "fast": ["model.impl=custom", "model.compile=true", "model.attn_backend=cudnn", "optimizer.name=adamw",
+    "eager-c1k": ["model.impl=custom", "optimizer.name=decoupled_adamw", "model.loss_chunk_size=1024"],
+    "fast": ["model.impl=custom", "model.compile=model", "model.attn_backend=cudnn", "optimizer.name=adamw",
              "optimizer.fused=true"],
+    "fast-layers": ["model.impl=custom", "model.compile=layers", "model.attn_backend=cudnn", "optimizer.name=adamw",
+                    "optimizer.fused=true"],
     "fast-flash": ["model.impl=custom", "model.compile=true", "model.attn_backend=flash", "optimizer.name=adamw",
                    "optimizer.fused=true"],
     "hf-compile": ["model.impl=hf", "model.compile=true", "optimizer.name=adamw", "optimizer.fused=true"],
@@ -76,6 +79,40 @@ def base_config(args, data_dir: Path, runs: Path) -> dict:
     }
 
 
+def profile_callback(start: int, steps: int, out: Path):
+    """A Composer callback: torch.profiler over a few steady-state steps; prints the top CUDA kernels."""
+    from composer.core import Callback
+    from torch.profiler import ProfilerActivity, profile
+
+    class ProfileSteps(Callback):
+        def __init__(self) -> None:
+            self.prof = None
+
+        def batch_start(self, state, logger) -> None:
+            if int(state.timestamp.batch.value) == start and self.prof is None:
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+
+        def batch_end(self, state, logger) -> None:
+            if self.prof is None or int(state.timestamp.batch.value) != start + steps:
+                return
+            torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            rows = [e for e in self.prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+            total = sum(e.device_time_total for e in rows)
+            rows.sort(key=lambda e: e.device_time_total, reverse=True)
+            lines = [f"profile of {steps} steps: GPU kernel time {total / 1e3 / steps:.1f} ms/step"]
+            for e in rows[:20]:
+                lines.append(f"{e.device_time_total / total:6.1%}  {e.device_time_total / 1e3 / steps:8.2f} ms/step"
+                             f"  x{e.count // steps:<4} {e.key[:110]}")
+            text = "\n".join(lines)
+            print(text, flush=True)
+            out.write_text(text + "\n")
+            self.prof = None
+
+    return ProfileSteps()
+
+
 def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Path, steps: int) -> dict:
     from llamactl.config.load import build, load_yaml_dict  # noqa: F401
     from llamactl.config.schema import TrainConfig
@@ -94,7 +131,11 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    built = build_trainer(cfg, run_dir)
+    extra = []
+    if args.profile and name == args.profile and torch.cuda.is_available():
+        out_dir = Path(os.environ.get("OUT", REPO / "benchmarks" / "results"))
+        extra.append(profile_callback(start=steps - 4, steps=3, out=out_dir / f"profile-{name}-mb{args.micro_batch}.txt"))
+    built = build_trainer(cfg, run_dir, extra_callbacks=extra)
     built.trainer.fit()
     wall = time.perf_counter() - t0
     hist = built.recorder.history
@@ -107,6 +148,9 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
     from llamactl.training.callbacks import peak_flops
 
     peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # a 1B checkpoint is 9 GB; the next variant needs the disk
     res = {
         "variant": name, "overrides": overrides, "steps": len(hist), "micro_batch": args.micro_batch,
         "seq": args.seq, "tokens_per_s": round(tps, 1),
@@ -135,31 +179,60 @@ def main() -> None:
     ap.add_argument("--loss-check", type=int, default=0, help="also compare hf vs eager losses over N steps")
     ap.add_argument("--extra", nargs="*", default=[], help="extra key=value overrides for every variant")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, help="profile this variant's last steps (top CUDA kernels)")
+    ap.add_argument("--single", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
+    ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     from llamactl.model.presets import preset
 
     vocab = preset(args.preset).vocab_size
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if args.single:  # child process: one variant, result as the last line of stdout
+        name, steps = args.single.split(":")
+        r = run_variant(name, VARIANTS[name], args, Path(args.data), Path(args.data).parent / "runs", int(steps))
+        print("RESULT " + json.dumps(r), flush=True)
+        return
     work = Path(tempfile.mkdtemp(prefix="llamactl-bench-"))
     samples = max(args.steps, args.loss_check) * args.micro_batch * args.accum + 64
     data_dir = write_random_mds(work / "data", vocab=vocab, seq=args.seq, samples=samples)
+
+    def child(name: str, steps: int) -> dict:
+        """Each variant in a fresh process: Composer keeps references to a finished Trainer, so a
+        second variant in the same process would inherit the first one's GPU memory."""
+        import subprocess
+
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--single", f"{name}:{steps}", "--data", str(data_dir)]
+        env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF",
+                                                                        "expandable_segments:True")}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        for ln in proc.stdout.splitlines():
+            if ln.startswith(("profile of", " ")) and "%" in ln or ln.startswith("profile of"):
+                print(ln, flush=True)
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+            print(f"{name}: FAILED\n" + "\n".join(tail), flush=True)
+            return {"variant": name, "failed": True, "tokens_per_s": 0.0, "mfu": None, "peak_mem_gib": None,
+                    "wall_s": None, "losses": []}
+        return json.loads(lines[-1][len("RESULT "):])
+
     results = []
     for name in args.variants.split(","):
-        r = run_variant(name, VARIANTS[name], args, data_dir, work / "runs", args.steps)
+        r = child(name, args.steps)
         results.append(r)
         print(f"{name:>10}: {r['tokens_per_s']:>10,.0f} tok/s  MFU {r['mfu'] or 0:.1%}  "
               f"peak {r['peak_mem_gib']} GiB  ({r['wall_s']} s)", flush=True)
     loss_check = None
     if args.loss_check:
-        a = run_variant("hf", VARIANTS["hf"], args, data_dir, work / "runs", args.loss_check)["losses"]
-        b = run_variant("eager", VARIANTS["eager"], args, data_dir, work / "runs", args.loss_check)["losses"]
+        a = child("hf", args.loss_check)["losses"]
+        b = child("eager", args.loss_check)["losses"]
         diffs = [abs(x - y) for x, y in zip(a, b)]
         loss_check = {"steps": args.loss_check, "hf_first_last": [a[0], a[-1]], "llamactl_first_last": [b[0], b[-1]],
                       "max_abs_diff": round(max(diffs), 5), "mean_abs_diff": round(statistics.mean(diffs), 5),
                       "mean_abs_diff_last_50": round(statistics.mean(diffs[-50:]), 5)}
         print("loss check:", json.dumps(loss_check))
-    base = results[0]["tokens_per_s"]
+    base = results[0]["tokens_per_s"] or 1.0
     print(f"\n{card}, {args.preset}, seq {args.seq}, micro-batch {args.micro_batch}, {date.today()}")
     print(f"{'variant':>10} {'tokens/s':>12} {'MFU':>7} {'peak GiB':>9} {'vs ' + results[0]['variant']:>8}")
     for r in results:
@@ -172,10 +245,6 @@ def main() -> None:
                                "preset": args.preset, "seq": args.seq, "micro_batch": args.micro_batch,
                                "results": results, "loss_check": loss_check}, indent=2))
     print("wrote", out)
-    if os.environ.get("OUT"):
-        import shutil
-
-        shutil.copy(out, Path(os.environ["OUT"]) / out.name)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ def test_lora_through_the_seed_shaped_yaml_saves_only_adapters(tmp_path, data_ro
         shutil.copy(f, base / f.name)
     r = cli("train", "--yaml", str(REPO / "yamls" / "llama3-1b-lora.yaml"), f"variables.model_name={base}",
             "variables.max_seq_len=128", "train_loader.name=embedded", "eval_loader.name=embedded",
+            "train_loader.dataset.split=train", "eval_loader.dataset.split=val",
             "global_train_batch_size=4", "device_train_microbatch_size=4", "device_eval_batch_size=4",
             "eval_subset_num_batches=2", "--precision", "fp32", "--duration", "6ba", "--save-interval", "3ba",
             "--eval-interval", "3ba", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"),
@@ -169,3 +170,57 @@ def test_lora_through_the_seed_shaped_yaml_saves_only_adapters(tmp_path, data_ro
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items()), "adapters did not train"
     assert len(losses(run)) == 6
+
+
+def test_cuda_oom_becomes_one_explanation_with_the_knobs(tmp_path, data_root, monkeypatch):
+    """A CUDA OOM cannot happen on this CPU machine, so Trainer.fit raises the real exception type."""
+    import torch
+    from composer import Trainer
+
+    from llamactl.errors import RunError
+    from llamactl.services.train import train
+
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "fit", oom)
+    with pytest.raises(RunError) as e:
+        train(TINY, overrides=[f"runs_dir={tmp_path / 'runs'}", f"data_root={data_root}", "max_duration=2ba"],
+              sample=False)
+    msg = str(e.value)
+    for knob in ("device_train_microbatch_size", "activation_checkpointing", "peft_config", "precision",
+                 "max_seq_len", "no checkpoint was saved yet", "--run-dir"):
+        assert knob in msg, knob
+    assert "\n" not in msg
+
+
+def test_shell_completion_completes_commands(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "_LLAMACTL_COMPLETE": "complete_bash",
+           "COMP_WORDS": "llamactl tr", "COMP_CWORD": "1"}
+    out = subprocess.run([sys.executable, "-c", "from llamactl.cli import main; main()"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.split() == ["train"]
+
+
+def test_dry_run_sizes_the_1b_config_without_training(tmp_path):
+    r = cli("train", "--yaml", str(REPO / "yamls" / "llama3-1b-c4.yaml"), "--dry-run", "--json",
+            "device_train_microbatch_size=4", "global_train_batch_size=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["params_total"] == 1_235_814_400
+    assert 35 < plan["memory_gib"]["total"] < 50
+    assert not (tmp_path / "runs").exists()
+
+
+def test_gpus_flag_launches_processes_on_one_run_dir(tmp_path, data_root):
+    """--gpus N starts N torchrun processes on one run directory (on this CPU machine: gloo DDP)."""
+    r = cli("train", "--yaml", str(TINY), "--gpus", "2", "--duration", "4ba", "--data-root", str(data_root),
+            "--runs-dir", str(tmp_path / "runs"), "--no-sample", "eval_loader=null",
+            "device_train_microbatch_size=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    assert [s for s, _ in losses(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "summary.json").read_text())["tokens"] == 4 * 8 * 256
+    assert r.stdout.count("checkpoint") == 1, "only rank 0 prints the summary"
+    r = cli("train", "--yaml", str(TINY), "--gpus", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "per-GPU batch" in r.stderr

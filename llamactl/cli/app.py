@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # A command is listed here only once it works end to end (see CONTRIBUTING in docs/architecture.md).
-COMMANDS = ["doctor", "train", "prepare_data", "convert", "models"]
+COMMANDS = ["prepare_data", "train", "eval", "generate", "convert", "models", "doctor"]
 
 _state = {"debug": False}
 

@@ -32,33 +32,53 @@ class TokenPacker:
         self.docs = 0
         self.tokens = 0  # tokens fed in (documents with their separators)
 
-    def add(self, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def add(self, flat: np.ndarray, lengths: np.ndarray, max_samples: int | None = None) -> np.ndarray:
         """Add documents given as one flat token array and the length of each document.
+
+        Args:
+            flat: the documents' tokens, separators included, one after the other.
+            lengths: tokens per document.
+            max_samples: return at most this many samples; the documents after the last of them
+                are then not consumed (nor counted in :attr:`docs` and :attr:`tokens`).
 
         Returns:
             ``(n, seq_len)`` array of the samples completed by these documents (``n`` may be 0).
         """
-        self.docs += int(len(lengths))
-        self.tokens += int(flat.size)
         if self.wrap:
-            return self._add_wrap(flat)
-        return self._add_no_wrap(flat, lengths)
+            return self._add_wrap(flat, lengths, max_samples)
+        return self._add_no_wrap(flat, lengths, max_samples)
 
-    def _add_wrap(self, flat: np.ndarray) -> np.ndarray:
+    def _add_wrap(self, flat: np.ndarray, lengths: np.ndarray, max_samples: int | None) -> np.ndarray:
         # Document boundaries do not matter when wrapping: the stream is one long sequence.
-        stream = np.concatenate([self._carry, flat.astype(np.int64, copy=False)]) if self._carry.size else flat
+        carried = self._carry.size
+        stream = np.concatenate([self._carry, flat.astype(np.int64, copy=False)]) if carried else flat
         n = stream.size // self.seq_len
+        if max_samples is not None and n > max_samples:
+            n = max_samples
+            # Count only the documents that started before the end of the last sample.
+            used = n * self.seq_len - carried
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            k = int(np.searchsorted(starts, used, side="left"))
+            self.docs += k
+            self.tokens += int(min(used, flat.size))
+        else:
+            self.docs += int(len(lengths))
+            self.tokens += int(flat.size)
         cut = n * self.seq_len
         self._carry = np.array(stream[cut:], dtype=np.int64)
         return np.asarray(stream[:cut], dtype=np.int64).reshape(n, self.seq_len)  # (n, seq_len)
 
-    def _add_no_wrap(self, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _add_no_wrap(self, flat: np.ndarray, lengths: np.ndarray, max_samples: int | None) -> np.ndarray:
         out: list[np.ndarray] = []
         buf = self._carry
         start = 0
         for length in lengths.tolist():
+            if max_samples is not None and len(out) >= max_samples:
+                break
             doc = flat[start:start + length]
             start += length
+            self.docs += 1
+            self.tokens += int(length)
             buf = np.concatenate([buf, doc.astype(np.int64, copy=False)])
             if buf.size >= self.seq_len:
                 out.append(buf[:self.seq_len])

@@ -50,9 +50,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 picked = logits.gather(1, safe[:, None]).squeeze(1)  # (C,)
                 total = total + ((lse - picked) * ok).sum()
                 if need_h or need_w:
-                    g = torch.exp(logits - lse[:, None])  # softmax, (C, V)
+                    # In place: the softmax overwrites the logits, so a chunk holds one (C, V)
+                    # fp32 buffer instead of three (peak 3x -> 2x chunk_size * V * 4 bytes).
+                    g = logits.sub_(lse[:, None]).exp_()  # softmax, (C, V)
                     g.scatter_add_(1, safe[:, None], torch.full_like(picked[:, None], -1.0))
-                    g = (g * (ok[:, None] / count)).to(dtype)
+                    g = g.mul_(ok[:, None] / count).to(dtype)
                     if need_h:
                         grad_h[start:end] = g @ w  # (C, d)
                     if need_w:
@@ -77,7 +79,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         hidden: (N, d) final hidden states.
         weight: (V, d) LM head weight.
         targets: (N,) token ids; ``-100`` is ignored.
-        chunk_size: tokens per chunk; peak extra memory is about ``chunk_size * V * 8`` bytes.
+        chunk_size: tokens per chunk; peak extra memory is about ``chunk_size * V * 8`` bytes
+            (the fp32 chunk logits and logsumexp's temporary), plus a (V, d) fp32 weight gradient.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,56 @@ def _oom_message(cfg: TrainConfig, run_dir: Path) -> str:
             f"{where} (continue with --run-dir {run_dir})")
 
 
+def plan(config: str | Path | None = None, *, overrides: list[str] | None = None,
+         run_dir: str | Path | None = None, gpus: int | None = None):
+    """Size a run without starting it (``--dry-run``): parameters, memory per GPU, expected speed."""
+    import torch
+
+    from llamactl.training.plan import plan_run
+
+    cfg, _ = resolve_config(config, overrides, run_dir)
+    n = gpus or (torch.cuda.device_count() or 1)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return plan_run(cfg, gpus=n, device_name=name)
+
+
+def launch(config: str | Path | None = None, *, overrides: list[str] | None = None, gpus: int,
+           run_dir: str | Path | None = None, extra_args: list[str] | None = None) -> Path:
+    """Start ``gpus`` training processes with ``torchrun`` (one per GPU) on one run directory.
+
+    The run directory and its resolved config are made here, once; each process then continues
+    it with ``--run-dir`` (Composer's autoresume starts from scratch when it holds no checkpoint
+    yet, and from the latest one otherwise). Returns the run directory; raises on failure.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    if gpus < 2:
+        raise UserInputError(f"--gpus must be at least 2 to launch several processes, got {gpus}")
+    cfg, resume_dir = resolve_config(config, overrides, run_dir)
+    from llamactl.training.trainer import check_batch
+
+    check_batch(cfg, gpus)  # fail here, once, rather than in every process
+    if resume_dir is None:
+        run = new_run_dir(cfg.runs_dir, cfg.run_name or "run")
+        _write_config(cfg, run)
+    else:
+        run = resume_dir
+    torchrun = shutil.which("torchrun")
+    cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
+    cmd += ["--standalone", f"--nproc_per_node={gpus}", "-m", "llamactl", "train", "--run-dir", str(run),
+            *(extra_args or [])]
+    log.info("launching %s", " ".join(cmd))
+    # Composer also reads NODE_RANK, which torchrun does not set for a single node.
+    env = {**os.environ, "NODE_RANK": os.environ.get("NODE_RANK", "0")}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise RunError(f"the {gpus}-process run failed (exit {proc.returncode}); see {run / 'train.log'} and "
+                       f"continue it with --run-dir {run} --gpus {gpus}")
+    return run
+
+
 def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str] | None = None,
           run_dir: str | Path | None = None, on_event: Callable | None = None, sample: bool = True) -> TrainResult:
     """Train as the config says; return the result. Prints nothing.
@@ -123,6 +174,11 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
     else:
         cfg, resume_dir = resolve_config(config, overrides, run_dir)
     run_name = cfg.run_name or "run"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if world > 1 and resume_dir is None:
+        raise UserInputError("under a multi-process launcher pass --run-dir (one run directory for every "
+                             "process), or let llamactl launch the processes with --gpus N")
     if resume_dir is None and cfg.autoresume:
         resume_dir = find_resumable(cfg.runs_dir, run_name)
     autoresume = resume_dir is not None
@@ -132,12 +188,14 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
         run = new_run_dir(cfg.runs_dir, run_name)
         _write_config(cfg, run)
 
+    # Fewer fragmentation OOMs at large micro-batches; must be set before CUDA is first used.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from llamactl.training.callbacks import plot_loss
     from llamactl.training.trainer import build_trainer
 
     t0 = time.perf_counter()
-    with _FileLog(run / "train.log"):
-        log.info("run directory %s%s", run, " (resuming)" if autoresume else "")
+    with _FileLog(run / ("train.log" if rank0 else f"train-rank{os.environ.get('RANK')}.log")):
+        log.info("run directory %s%s", run, " (continuing)" if autoresume else "")
         built = build_trainer(cfg, run, on_event=on_event, autoresume=autoresume)
         resumed_from = int(built.trainer.state.timestamp.batch.value) or None
         try:
@@ -168,8 +226,10 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
             eval=evals[-1]["eval"] if evals else {},
             checkpoint=latest_checkpoint(run), resumed_from_step=resumed_from, device=built.device)
         del recorder
+        if not rank0:
+            return result
         result.loss_plot = plot_loss(run)
-        if sample:
+        if sample and world == 1:
             result.sample_prompt = cfg.sample_prompt or DEFAULT_SAMPLE_PROMPT
             result.sample = _sample_line(built, result.sample_prompt, cfg.sample_max_new_tokens, cfg.seed)
         (run / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -183,16 +243,24 @@ def _sample_line(built, prompt: str, max_new_tokens: int, seed: int) -> str:
     ``built.llama`` is the inner model; with LoRA, PEFT injected its layers into it in place, so the
     adapters take part without going through the PEFT wrapper.
     """
+    import torch
+
     from llamactl.generation import Generator, SamplingConfig
+    from llamactl.model.llama import set_sdpa_backend
 
     tok = built.tokenizer
     model = built.llama
     was_training = model.training
+    # Decoding uses a boolean mask, which the cuDNN backend chosen for training cannot take, and
+    # the layers compiled for training would recompile for every new length: run it plainly.
+    set_sdpa_backend("auto")
     try:
-        out = Generator(model, mode="eager").generate(
-            [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed),
-            eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],
-            pad_token_id=tok.pad_token_id or 0, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+        with torch.compiler.set_stance("force_eager"):
+            out = Generator(model, mode="eager").generate(
+                [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50,
+                                                     seed=seed),
+                eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],
+                pad_token_id=tok.pad_token_id or 0, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
     finally:
         model.train(was_training)
     return out.texts[0] if out.texts else ""
