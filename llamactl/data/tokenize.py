@@ -35,7 +35,7 @@ class EncodeSpec:
     eos_ids: tuple[int, ...] = ()
     fast: dict | None = None
     template: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-    verify_every: int = 64
+    verify_every: int = 128
 
     @property
     def engine(self) -> str:
@@ -196,15 +196,21 @@ def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, in
              initargs: tuple, should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Ordered map over ``workers`` spawned processes with at most ``2 * workers`` items in flight.
 
-    ``multiprocessing.Pool.imap`` would read the whole input ahead; this keeps memory flat however
-    large the source. Results come back in input order, so the output does not depend on ``workers``.
+    ``Pool.imap`` would read the whole input ahead, and ``Pool`` waits forever for the result of a
+    worker that died (killed for memory); ``ProcessPoolExecutor`` reports that, and the bounded
+    queue keeps memory flat however large the source. Results come back in input order, so the
+    output does not depend on ``workers``.
     """
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from llamactl.errors import RunError
 
     stop = should_stop or (lambda: False)
     # spawn, not fork: the parent may hold torch/rayon threads, and fork after threads is unsafe.
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
     pending: deque = deque()
     try:
         it = iter(items)
@@ -216,12 +222,18 @@ def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, in
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append(pool.apply_async(fn, (item,)))
+                pending.append(pool.submit(fn, item))
             if not pending:
                 break
-            yield pending.popleft().get()
+            try:
+                result = pending.popleft().result()
+            except BrokenProcessPool:
+                raise RunError(f"a tokenizer worker process died (out of memory?); run again with fewer --workers "
+                               f"(now {workers})") from None
+            yield result
             if stop():
                 break
     finally:
-        pool.terminate()
-        pool.join()
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
