@@ -7,7 +7,9 @@ import re
 from typing import Any
 
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGINGFACE_TOKEN", "HUGGINGFACE_HUB_TOKEN")
-_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
+# A key *named* like a credential (hf_token, api_key, password), not one that merely contains
+# "token" (max_new_tokens, eos_token_id).
+_SECRET_KEY = re.compile(r"(?:^|_)(token|secret|password|passwd|api_key|apikey|access_key)$", re.IGNORECASE)
 REDACTED = "***"
 
 
@@ -25,8 +27,8 @@ def redact(obj: Any) -> Any:
     in the environment, replaced by ``***``. Used before a config is written or shown."""
     token = hf_token()
     if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "", False)
-                    and not isinstance(v, (dict, list)) else redact(v)) for k, v in obj.items()}
+        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, str) and v
+                    else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     if isinstance(obj, str) and token and token in obj:

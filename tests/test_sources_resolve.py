@@ -113,3 +113,25 @@ def test_hub_errors_are_one_line(monkeypatch):
     with pytest.raises(ModelNotFoundError, match="unreachable") as info:
         resolve_model_source("org/model")
     assert "\n" not in str(info.value)
+
+
+def test_model_config_of_every_kind(tmp_path):
+    from convert_support import tiny_config, train_run
+    from llamactl.interop.sources import model_config
+
+    base = tiny_pretrained(tmp_path / "base", tiny_config(num_hidden_layers=3))
+    assert model_config(base).num_hidden_layers == 3
+    run, _ = train_run(tmp_path / "runs", base, lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]},
+                       steps=1)
+    assert model_config(run).num_hidden_layers == 3
+    scratch, _ = train_run(tmp_path / "runs", None, config=tiny_config(num_hidden_layers=1), steps=1, name="s")
+    assert model_config(scratch).num_hidden_layers == 1
+
+
+def test_known_model_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelNotFoundError, match="llamactl models import smollm2-135m"):
+        resolve_model_source("smollm2-135m")
+    tiny_pretrained(tmp_path / "cache" / "smollm2" / "hf")
+    src = resolve_model_source("smollm2-135m")
+    assert src.kind == "hf_folder" and src.path == tmp_path / "cache" / "smollm2" / "hf"

@@ -156,6 +156,7 @@ def test_lora_through_the_seed_shaped_yaml_saves_only_adapters(tmp_path, data_ro
         shutil.copy(f, base / f.name)
     r = cli("train", "--yaml", str(REPO / "yamls" / "llama3-1b-lora.yaml"), f"variables.model_name={base}",
             "variables.max_seq_len=128", "train_loader.name=embedded", "eval_loader.name=embedded",
+            "train_loader.dataset.split=train", "eval_loader.dataset.split=val",
             "global_train_batch_size=4", "device_train_microbatch_size=4", "device_eval_batch_size=4",
             "eval_subset_num_batches=2", "--precision", "fp32", "--duration", "6ba", "--save-interval", "3ba",
             "--eval-interval", "3ba", "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"),
@@ -209,3 +210,17 @@ def test_dry_run_sizes_the_1b_config_without_training(tmp_path):
     assert plan["params_total"] == 1_235_814_400
     assert 35 < plan["memory_gib"]["total"] < 50
     assert not (tmp_path / "runs").exists()
+
+
+def test_gpus_flag_launches_processes_on_one_run_dir(tmp_path, data_root):
+    """--gpus N starts N torchrun processes on one run directory (on this CPU machine: gloo DDP)."""
+    r = cli("train", "--yaml", str(TINY), "--gpus", "2", "--duration", "4ba", "--data-root", str(data_root),
+            "--runs-dir", str(tmp_path / "runs"), "--no-sample", "eval_loader=null",
+            "device_train_microbatch_size=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    assert [s for s, _ in losses(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "summary.json").read_text())["tokens"] == 4 * 8 * 256
+    assert r.stdout.count("checkpoint") == 1, "only rank 0 prints the summary"
+    r = cli("train", "--yaml", str(TINY), "--gpus", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "per-GPU batch" in r.stderr

@@ -99,7 +99,7 @@ def pack_lm_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets
             name=name, kind="lm", num_samples=w.num_samples, num_tokens=w.num_tokens, seq_len=seq_len,
             documents=p.docs, fingerprint=t.fingerprint, columns=columns, source=t.source,
             seconds=round(time.monotonic() - t0, 3),
-            extra={"dropped_tail_tokens": p.pending, "max_samples": t.max_samples,
+            extra={"dropped_tail_tokens": p.pending, "max_samples": t.max_samples, "engine": spec.engine,
                    "short": t.max_samples is not None and w.num_samples < t.max_samples}))
         report(name, done=True)
         log.info("split %s: %d samples of %d tokens from %d documents", name, w.num_samples, seq_len, p.docs)

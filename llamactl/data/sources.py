@@ -72,7 +72,13 @@ class FileSet:
         return min(1.0, (self.done_bytes + pos) / total)
 
     def open(self, i: int) -> io.BufferedIOBase:
-        raw = self.fs.open(self.files[i], "rb")
+        try:
+            raw = self.fs.open(self.files[i], "rb")
+        except Exception as e:  # noqa: BLE001 - local OSError or the hub's HTTP errors alike
+            from llamactl.secrets import scrub
+
+            raise DataError(f"cannot open {self.files[i]} ({type(e).__name__}: {scrub(str(e))[:120]}); check the "
+                            f"path, the network and HF_TOKEN") from None
         self._current = raw
         if self.files[i].endswith(".gz"):
             return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
@@ -176,7 +182,7 @@ def json_line_batches(fileset: FileSet, *, field: str, route: Router, batch_byte
         nonempty = False
         with fileset.open(i) as f:
             try:
-                for line in f:
+                for line in _lines(f):
                     if not line.strip():
                         continue
                     nonempty = True
@@ -197,6 +203,20 @@ def json_line_batches(fileset: FileSet, *, field: str, route: Router, batch_byte
             if buf:
                 yield RawBatch(items=buf, split=split, field=field, where=name, nbytes=sizes[split])
                 buffers[split], sizes[split] = [], 0
+
+
+def _lines(f: Any, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """Lines of a binary stream, read in large chunks (``readline`` on a gzip stream is 3x slower)."""
+    carry = b""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        parts = (carry + block).split(b"\n")
+        carry = parts.pop()
+        yield from parts
+    if carry:
+        yield carry
 
 
 def text_batches(fileset: FileSet, *, route: Router, unit: str = "file", batch_bytes: int = 1 << 20) -> Iterator[RawBatch]:

@@ -22,12 +22,67 @@ from llamactl.errors import DataError
 
 @dataclass(frozen=True)
 class EncodeSpec:
-    """How each document becomes tokens: ``bos_ids + tokenizer(text) + eos_ids``."""
+    """How each document becomes tokens: ``bos_ids + tokenizer(text) + eos_ids``.
+
+    With ``fast`` set (see :mod:`llamactl.data.fast_bpe`), tiktoken produces ``tokenizer(text)``
+    as ``template[0] + ids + template[1]``, and every ``verify_every``-th document is re-tokenized
+    with Hugging Face tokenizers to prove it is the same.
+    """
 
     tokenizer_json: str
     add_special_tokens: bool = True
     bos_ids: tuple[int, ...] = ()
     eos_ids: tuple[int, ...] = ()
+    fast: dict | None = None
+    template: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    verify_every: int = 128
+
+    @property
+    def engine(self) -> str:
+        return "tiktoken" if self.fast is not None else "tokenizers"
+
+
+class DocEncoder:
+    """Tokenizes document texts as ``spec`` says, in whichever process it is built."""
+
+    def __init__(self, spec: EncodeSpec) -> None:
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        self.hf = Tokenizer.from_str(spec.tokenizer_json)
+        self.fast = None
+        self.seen = 0
+        if spec.fast is not None:
+            from llamactl.data.fast_bpe import build_encoding
+
+            self.fast = build_encoding(spec.fast)
+            pre, post = spec.template if spec.add_special_tokens else ((), ())
+            self.pre, self.post = list(pre), list(post)
+            import re
+
+            self.needs_hf = re.compile(spec.fast["fallback_chars"]).search if spec.fast["fallback_chars"] else None
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        spec = self.spec
+        if self.fast is None:
+            return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=spec.add_special_tokens)]
+        enc, hf, add = self.fast.encode, self.hf.encode, spec.add_special_tokens
+        if self.needs_hf is None:
+            out = [self.pre + enc(t, allowed_special="all") + self.post for t in texts]
+        else:  # characters tiktoken has no bytes for: those documents go through tokenizers
+            out = [hf(t, add_special_tokens=add).ids if self.needs_hf(t) else
+                   self.pre + enc(t, allowed_special="all") + self.post for t in texts]
+        # Keep proving equality: a document out of every `verify_every` goes through tokenizers too.
+        k = spec.verify_every
+        first = (-self.seen) % k
+        for i in range(first, len(texts), k):
+            ref = self.hf.encode(texts[i], add_special_tokens=spec.add_special_tokens).ids
+            if ref != out[i]:
+                from llamactl.data.fast_bpe import EngineMismatch
+
+                raise EngineMismatch(f"tiktoken and tokenizers differ on a document starting {texts[i][:40]!r}")
+        self.seen += len(texts)
+        return out
 
 
 @dataclass
@@ -63,10 +118,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(spec: EncodeSpec) -> None:
     # One thread per worker: parallelism comes from the processes.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from tokenizers import Tokenizer
-
-    _WORKER["tok"] = Tokenizer.from_str(spec.tokenizer_json)
-    _WORKER["spec"] = spec
+    _WORKER["enc"] = DocEncoder(spec)
 
 
 def texts_of(batch: RawBatch) -> list[str]:
@@ -91,23 +143,24 @@ def texts_of(batch: RawBatch) -> list[str]:
     return texts
 
 
-def encode_batch(tok: Any, spec: EncodeSpec, batch: RawBatch) -> EncodedBatch:
-    """Tokenize one raw batch with a ``tokenizers.Tokenizer``: ``bos + ids + eos`` per document."""
+def encode_batch(encoder: DocEncoder, batch: RawBatch) -> EncodedBatch:
+    """Tokenize one raw batch: ``bos + ids + eos`` per document, as one flat array plus lengths."""
+    from itertools import chain
+
+    spec = encoder.spec
     texts = texts_of(batch)
-    encs = tok.encode_batch_fast(texts, add_special_tokens=spec.add_special_tokens)
+    docs = encoder(texts)
     bos, eos = list(spec.bos_ids), list(spec.eos_ids)
     if bos or eos:
-        docs = [bos + e.ids + eos for e in encs]
-    else:
-        docs = [e.ids for e in encs]
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    flat = np.fromiter((t for d in docs for t in d), dtype=np.int32, count=int(lengths.sum()))
+        docs = [bos + d + eos for d in docs]
+    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+    flat = np.fromiter(chain.from_iterable(docs), dtype=np.int32, count=int(lengths.sum()))
     return EncodedBatch(split=batch.split, flat=flat, lengths=lengths, chars=sum(map(len, texts)),
                         nbytes=batch.nbytes)
 
 
 def _encode_in_worker(batch: RawBatch) -> EncodedBatch:
-    return encode_batch(_WORKER["tok"], _WORKER["spec"], batch)
+    return encode_batch(_WORKER["enc"], batch)
 
 
 def encode_stream(batches: Iterable[RawBatch], spec: EncodeSpec, *, workers: int,
@@ -122,10 +175,8 @@ def encode_stream(batches: Iterable[RawBatch], spec: EncodeSpec, *, workers: int
         should_stop: polled between batches; when it returns True no more input is read.
     """
     if workers <= 1:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(spec.tokenizer_json)
-        yield from ordered_map(lambda b: encode_batch(tok, spec, b), batches, should_stop=should_stop)
+        encoder = DocEncoder(spec)
+        yield from ordered_map(lambda b: encode_batch(encoder, b), batches, should_stop=should_stop)
         return
     yield from pool_map(_encode_in_worker, batches, workers=workers, initializer=_init_worker, initargs=(spec,),
                         should_stop=should_stop)
@@ -145,15 +196,21 @@ def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, in
              initargs: tuple, should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Ordered map over ``workers`` spawned processes with at most ``2 * workers`` items in flight.
 
-    ``multiprocessing.Pool.imap`` would read the whole input ahead; this keeps memory flat however
-    large the source. Results come back in input order, so the output does not depend on ``workers``.
+    ``Pool.imap`` would read the whole input ahead, and ``Pool`` waits forever for the result of a
+    worker that died (killed for memory); ``ProcessPoolExecutor`` reports that, and the bounded
+    queue keeps memory flat however large the source. Results come back in input order, so the
+    output does not depend on ``workers``.
     """
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from llamactl.errors import RunError
 
     stop = should_stop or (lambda: False)
     # spawn, not fork: the parent may hold torch/rayon threads, and fork after threads is unsafe.
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
     pending: deque = deque()
     try:
         it = iter(items)
@@ -165,12 +222,18 @@ def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, in
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append(pool.apply_async(fn, (item,)))
+                pending.append(pool.submit(fn, item))
             if not pending:
                 break
-            yield pending.popleft().get()
+            try:
+                result = pending.popleft().result()
+            except BrokenProcessPool:
+                raise RunError(f"a tokenizer worker process died (out of memory?); run again with fewer --workers "
+                               f"(now {workers})") from None
+            yield result
             if stop():
                 break
     finally:
-        pool.terminate()
-        pool.join()
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 ``model.pretrained_model_name_or_path`` / ``--model`` / ``RUN_DIR|MODEL`` arguments accept:
 
+* a name from ``llamactl models list`` (e.g. ``smollm2-135m``) once imported;
 * a local Hugging Face folder (``config.json`` + safetensors / ``pytorch_model.bin``);
 * a Hugging Face hub id (``org/name`` or ``org/name@revision``), downloaded with
   ``huggingface_hub.snapshot_download`` into the normal HF cache (config, weights, tokenizer files
@@ -131,6 +132,13 @@ def resolve_model_source(spec: str | Path, *, revision: str | None = None, downl
                                  f"checkpoint or a Hugging Face model folder")
     if path.is_dir():
         return ModelSource(text, _classify_dir(path, text), path)
+    from llamactl.services.models import KNOWN, default_dir
+
+    if text.lower() in KNOWN:  # a name from `llamactl models list`
+        folder = default_dir(text)
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(f"{text} is not imported yet; run `llamactl models import {text.lower()}`")
+        return ModelSource(text, "hf_folder", folder)
     if _looks_like_path(text) or not _HUB_ID.match(text):
         raise ModelNotFoundError(f"model {text} not found: no such file or folder (and not a hub id like org/name)")
     repo_id, _, rev = text.partition("@")
@@ -264,7 +272,7 @@ def open_run(spec: str | Path, *, base: str | Path | None = None) -> RunArtifact
     run_dir = _run_dir_of(path)
     cfg = read_run_config(run_dir)
     base_spec = base if base is not None else ((cfg.get("model") or {}).get("pretrained_model_name_or_path"))
-    lora = ckpt.peft_config or _lora_from_run_config(cfg) if ckpt.is_lora else None
+    lora = (ckpt.peft_config or _lora_from_run_config(cfg)) if ckpt.is_lora else None
     base_src = None
     if base_spec:
         try:
@@ -312,7 +320,11 @@ def run_tokenizer_dir(art: RunArtifacts) -> Path | None:
     """Where the run's tokenizer lives: the run config's ``tokenizer.name`` (local folder or hub id),
     then tokenizer files stored in the checkpoint, then the base model's folder."""
     name = (art.run_config.get("tokenizer") or {}).get("name")
-    if name and name != "embedded":
+    if name == "embedded":
+        from llamactl.data.embedded import embedded_tokenizer_dir
+
+        return embedded_tokenizer_dir()
+    if name:
         p = Path(str(name)).expanduser()
         if has_tokenizer(p):
             return p
@@ -339,6 +351,29 @@ def run_tokenizer_dir(art: RunArtifacts) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------- loading
+def model_config(spec: str | Path, *, base: str | Path | None = None):
+    """The architecture (our ``LlamaConfig``) of any source, without reading its weights:
+    ``config.json`` of folders, the base's config for adapters and LoRA runs, the stored config
+    of full-training checkpoints."""
+    import json as _json
+
+    from llamactl.interop.checkpoint import read_hf_config
+
+    src = resolve_model_source(spec)
+    if src.kind in ("hf_folder", "hub", "gguf"):
+        return read_hf_config(src.path)
+    if src.kind == "peft_adapter":
+        cfg = _json.loads((src.path / "adapter_config.json").read_text())
+        base_spec = base or cfg.get("base_model_name_or_path")
+        if not base_spec:
+            raise ModelNotFoundError(f"{src.path}/adapter_config.json names no base_model_name_or_path; pass --base")
+        return read_hf_config(resolve_model_source(base_spec).path)
+    art = open_run(src.path, base=base)
+    if art.is_lora:
+        return read_hf_config(art.base.path)
+    return run_model_config(art)
+
+
 @dataclass
 class LoadedModel:
     """What :func:`load_model` returns.

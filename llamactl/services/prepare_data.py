@@ -48,6 +48,7 @@ class C4Options:
     compression: str | None = None
     workers: int | None = None  # None: one per CPU core
     overwrite: bool = False
+    engine: str = "auto"  # tokenizer engine: auto (tiktoken where proven equal), tiktoken, tokenizers
 
 
 @dataclass
@@ -74,6 +75,7 @@ class CorpusOptions:
     compression: str | None = None
     workers: int | None = None
     overwrite: bool = False
+    engine: str = "auto"
 
 
 @dataclass
@@ -124,11 +126,17 @@ def _check_common(concat_tokens: int, workers: int | None, compression: str | No
     return workers  # type: ignore[return-value]
 
 
-def _encode_spec(tok: Any, *, bos_text: str, eos_text: str | None, add_special_tokens: bool):
-    """Separators and tokenizer of the workers; ``eos_text=None`` picks a separator automatically."""
+ENGINES = ("auto", "tiktoken", "tokenizers")
+
+
+def _encode_spec(tok: Any, *, bos_text: str, eos_text: str | None, add_special_tokens: bool, engine: str = "auto"):
+    """Separators, tokenizer and engine of the workers; ``eos_text=None`` picks a separator automatically."""
+    from llamactl.data import fast_bpe
     from llamactl.data.tokenize import EncodeSpec
     from llamactl.data.tokenizer import token_ids_of
 
+    if engine not in ENGINES:
+        raise UserInputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
     probe = tok("a", add_special_tokens=add_special_tokens)["input_ids"]
     marks_docs = add_special_tokens and len(probe) > 0 and (
         probe[0] == tok.bos_token_id or probe[-1] == tok.eos_token_id)
@@ -140,9 +148,37 @@ def _encode_spec(tok: Any, *, bos_text: str, eos_text: str | None, add_special_t
     if not (marks_docs or bos_ids or eos_ids):
         raise UserInputError("this tokenizer adds no BOS/EOS token and has none to append, so documents would run "
                              "together; pass --eos-text (e.g. '<|endoftext|>') or --bos-text")
-    spec = EncodeSpec(tokenizer_json=tok._tokenizer.to_str(), add_special_tokens=add_special_tokens,
-                      bos_ids=tuple(bos_ids), eos_ids=tuple(eos_ids))
+    tokenizer_json = tok._tokenizer.to_str()
+    fast, template = None, ((), ())
+    if engine != "tokenizers":
+        params, why = fast_bpe.tiktoken_params(tokenizer_json)
+        tmpl = fast_bpe.template_ids(tok._tokenizer) if params else None
+        if params and tmpl is None:
+            why = "its post-processor does more than add fixed tokens"
+        if params and tmpl is not None:
+            fast, template = params, (tuple(tmpl[0]), tuple(tmpl[1]))
+        elif engine == "tiktoken":
+            raise UserInputError(f"--engine tiktoken cannot reproduce this tokenizer ({why}); use --engine auto")
+        else:
+            log.info("tokenizer engine: tokenizers (tiktoken not usable: %s)", why)
+    spec = EncodeSpec(tokenizer_json=tokenizer_json, add_special_tokens=add_special_tokens,
+                      bos_ids=tuple(bos_ids), eos_ids=tuple(eos_ids), fast=fast, template=template)
     return spec, {"bos_text": bos_text, "eos_text": eos_text, "bos_ids": bos_ids, "eos_ids": eos_ids}
+
+
+def _with_engine_fallback(spec: Any, run):
+    """``run(spec)``; if tiktoken ever disagrees with tokenizers, redo it with tokenizers alone."""
+    from dataclasses import replace
+
+    from llamactl.data.fast_bpe import EngineMismatch
+
+    try:
+        return run(spec)
+    except EngineMismatch as e:
+        if spec.fast is None:
+            raise
+        log.warning("%s; preparing again with the tokenizers engine", e)
+        return run(replace(spec, fast=None))
 
 
 def _tokenizer_facts(name: str, tok: Any, spec: Any) -> dict[str, Any]:
@@ -225,7 +261,7 @@ def prepare_c4(opts: C4Options, progress: ProgressFn | None = None) -> PrepareRe
     workers = _effective_workers(workers, sum(f.total_bytes for f in filesets.values()) if opts.source else None)
     tok = load_tokenizer(opts.tokenizer)
     spec, seps = _encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
-                              add_special_tokens=opts.add_special_tokens)
+                              add_special_tokens=opts.add_special_tokens, engine=opts.engine)
     facts = _tokenizer_facts(opts.tokenizer, tok, spec)
     dtype = token_dtype(facts["vocab_size"])
     where = opts.source or "hf://datasets/allenai/c4"
@@ -243,10 +279,15 @@ def prepare_c4(opts: C4Options, progress: ProgressFn | None = None) -> PrepareRe
         records = {}
         for t in todo:  # one C4 split after the other: each reads its own files
             fs = filesets[t.name]
-            records |= pack_lm_splits(
-                data_dir=out, batches=json_line_batches(fs, field="text", route=lambda _i, n=t.name: n),
-                targets=[t], spec=spec, seq_len=opts.concat_tokens, wrap=not opts.no_wrap, token_dtype=dtype,
-                compression=opts.compression, workers=workers, progress=progress, fraction=fs.fraction)
+
+            def run(sp, t=t, fs=fs):
+                fs.done_bytes = 0
+                return pack_lm_splits(
+                    data_dir=out, batches=json_line_batches(fs, field="text", route=lambda _i, n=t.name: n),
+                    targets=[t], spec=sp, seq_len=opts.concat_tokens, wrap=not opts.no_wrap, token_dtype=dtype,
+                    compression=opts.compression, workers=workers, progress=progress, fraction=fs.fraction)
+
+            records |= _with_engine_fallback(spec, run)
         return records
 
     dataset = {**facts, "seq_len": opts.concat_tokens, "kind": "lm", **seps}
@@ -283,7 +324,7 @@ def prepare_corpus(opts: CorpusOptions, progress: ProgressFn | None = None) -> P
             raise UserInputError("reading parquet needs pyarrow; install it with `pip install pyarrow`") from None
     tok = load_tokenizer(opts.tokenizer)
     spec, seps = _encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
-                              add_special_tokens=opts.add_special_tokens)
+                              add_special_tokens=opts.add_special_tokens, engine=opts.engine)
     facts = _tokenizer_facts(opts.tokenizer, tok, spec)
     dtype = token_dtype(facts["vocab_size"])
 
@@ -308,22 +349,27 @@ def prepare_corpus(opts: CorpusOptions, progress: ProgressFn | None = None) -> P
     out = Path(opts.out).expanduser()
 
     def write(todo: list[SplitTarget]) -> dict[str, SplitRecord]:
-        if val_files is None:
-            stream = batches(train_files, route)
-            fraction = train_files.fraction
-        else:
-            train_name = opts.train_split
-            stream = chain(batches(train_files, lambda _i: train_name),
-                           batches(val_files, lambda _i: opts.val_split))
-            total = train_files.total_bytes + val_files.total_bytes
+        def run(sp):
+            train_files.done_bytes = 0
+            if val_files is None:
+                stream = batches(train_files, route)
+                fraction = train_files.fraction
+            else:
+                val_files.done_bytes = 0
+                train_name = opts.train_split
+                stream = chain(batches(train_files, lambda _i: train_name),
+                               batches(val_files, lambda _i: opts.val_split))
+                total = train_files.total_bytes + val_files.total_bytes
 
-            def fraction() -> float | None:
-                done = (train_files.fraction() or 0) * train_files.total_bytes + \
-                    (val_files.fraction() or 0) * val_files.total_bytes
-                return done / total if total else None
-        return pack_lm_splits(data_dir=out, batches=stream, targets=todo, spec=spec, seq_len=opts.concat_tokens,
-                              wrap=not opts.no_wrap, token_dtype=dtype, compression=opts.compression,
-                              workers=workers, progress=progress, fraction=fraction)
+                def fraction() -> float | None:
+                    done = (train_files.fraction() or 0) * train_files.total_bytes + \
+                        (val_files.fraction() or 0) * val_files.total_bytes
+                    return done / total if total else None
+            return pack_lm_splits(data_dir=out, batches=stream, targets=todo, spec=sp, seq_len=opts.concat_tokens,
+                                  wrap=not opts.no_wrap, token_dtype=dtype, compression=opts.compression,
+                                  workers=workers, progress=progress, fraction=fraction)
+
+        return _with_engine_fallback(spec, run)
 
     dataset = {**facts, "seq_len": opts.concat_tokens, "kind": "lm", **seps}
     records, reused = _run(out, dataset, wanted, opts.overwrite, write)

@@ -134,6 +134,9 @@ def launch(config: str | Path | None = None, *, overrides: list[str] | None = No
     if gpus < 2:
         raise UserInputError(f"--gpus must be at least 2 to launch several processes, got {gpus}")
     cfg, resume_dir = resolve_config(config, overrides, run_dir)
+    from llamactl.training.trainer import check_batch
+
+    check_batch(cfg, gpus)  # fail here, once, rather than in every process
     if resume_dir is None:
         run = new_run_dir(cfg.runs_dir, cfg.run_name or "run")
         _write_config(cfg, run)
@@ -144,7 +147,9 @@ def launch(config: str | Path | None = None, *, overrides: list[str] | None = No
     cmd += ["--standalone", f"--nproc_per_node={gpus}", "-m", "llamactl", "train", "--run-dir", str(run),
             *(extra_args or [])]
     log.info("launching %s", " ".join(cmd))
-    proc = subprocess.run(cmd)
+    # Composer also reads NODE_RANK, which torchrun does not set for a single node.
+    env = {**os.environ, "NODE_RANK": os.environ.get("NODE_RANK", "0")}
+    proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise RunError(f"the {gpus}-process run failed (exit {proc.returncode}); see {run / 'train.log'} and "
                        f"continue it with --run-dir {run} --gpus {gpus}")
@@ -190,7 +195,7 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
 
     t0 = time.perf_counter()
     with _FileLog(run / ("train.log" if rank0 else f"train-rank{os.environ.get('RANK')}.log")):
-        log.info("run directory %s%s", run, " (resuming)" if autoresume else "")
+        log.info("run directory %s%s", run, " (continuing)" if autoresume else "")
         built = build_trainer(cfg, run, on_event=on_event, autoresume=autoresume)
         resumed_from = int(built.trainer.state.timestamp.batch.value) or None
         try:

@@ -47,10 +47,9 @@ def model_config(cfg: TrainConfig) -> LlamaConfig:
 
     m = cfg.model
     if m.pretrained_model_name_or_path:
-        from llamactl.interop.checkpoint import read_hf_config
-        from llamactl.interop.sources import resolve_model_source
+        from llamactl.interop.sources import model_config as source_config
 
-        return read_hf_config(resolve_model_source(m.pretrained_model_name_or_path).path)
+        return source_config(m.pretrained_model_name_or_path)
     if not m.preset:
         raise ConfigError("set model.preset or model.pretrained_model_name_or_path")
     try:

@@ -59,10 +59,10 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
                     raise ConfigError("model.config_overrides cannot change the architecture of pretrained "
                                       "weights; set model.pretrained=false to train that architecture from scratch")
             else:
-                from llamactl.interop.checkpoint import read_hf_config
+                from llamactl.interop.sources import model_config as source_config
 
                 source = resolve_model_source(m.pretrained_model_name_or_path)
-                config = read_hf_config(source.path).replace(**m.config_overrides)
+                config = source_config(m.pretrained_model_name_or_path).replace(**m.config_overrides)
                 model, tok_dir = Llama(config), source.tokenizer_dir
                 model.init_weights(seed=seed)
             return model, (str(tok_dir) if tok_dir else None)
@@ -179,6 +179,18 @@ def _loggers(cfg: TrainConfig, run_dir: Path) -> list[Any]:
     return out
 
 
+def check_batch(cfg: TrainConfig, world: int) -> int:
+    """The per-GPU batch for ``world`` processes, or a ConfigError naming the numbers that clash."""
+    if cfg.global_train_batch_size % world:
+        raise ConfigError(f"global_train_batch_size ({cfg.global_train_batch_size}) must be divisible by the "
+                          f"number of GPUs ({world})")
+    per_rank = cfg.global_train_batch_size // world
+    if cfg.device_train_microbatch_size <= 0 or cfg.device_train_microbatch_size > per_rank:
+        raise ConfigError(f"device_train_microbatch_size ({cfg.device_train_microbatch_size}) must be between 1 "
+                          f"and the per-GPU batch ({per_rank} = global_train_batch_size / {world})")
+    return per_rank
+
+
 def compile_model(module: torch.nn.Module, how: bool | str) -> None:
     """Compile in place: each decoder layer (``True``/``"layers"``) or the whole model (``"model"``).
 
@@ -219,14 +231,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
         raise ConfigError(f"precision {cfg.precision} needs a GPU; on the CPU use --precision fp32")
     if cfg.precision == "bf16":
         raise ConfigError("precision bf16 (pure bf16 weights) is not supported for training; use amp_bf16")
-    world = dist.get_world_size()
-    if cfg.global_train_batch_size % world:
-        raise ConfigError(f"global_train_batch_size ({cfg.global_train_batch_size}) must be divisible by the "
-                          f"number of GPUs ({world})")
-    per_rank = cfg.global_train_batch_size // world
-    if cfg.device_train_microbatch_size <= 0 or cfg.device_train_microbatch_size > per_rank:
-        raise ConfigError(f"device_train_microbatch_size ({cfg.device_train_microbatch_size}) must be between 1 "
-                          f"and the per-GPU batch ({per_rank})")
+    per_rank = check_batch(cfg, dist.get_world_size())
     if cfg.max_seq_len <= 0:
         raise ConfigError(f"max_seq_len must be positive, got {cfg.max_seq_len}")
 

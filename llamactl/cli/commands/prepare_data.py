@@ -18,6 +18,8 @@ _OVER = "Replace splits of OUT prepared with other settings."
 _EOS = "Text appended to every document (default: the tokenizer's EOS unless it marks documents itself)."
 _BOS = "Text put before every document."
 _JSON = "Print the result as JSON."
+_ENGINE = ("Tokenizer engine: auto (tiktoken where it reproduces the tokenizer exactly, checked as it runs), "
+           "tiktoken, or tokenizers.")
 
 
 def _samples(n: Optional[int]) -> Optional[int]:
@@ -58,6 +60,7 @@ def c4(
     compression: Optional[str] = typer.Option(None, "--compression", help=_COMP),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS),
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVER),
+    engine: str = typer.Option("auto", "--engine", help=_ENGINE),
     json_out: bool = typer.Option(False, "--json", help=_JSON),
 ) -> None:
     """C4 (allenai/c4, from the hub or --source) to packed MDS splits train_small / val_small."""
@@ -67,7 +70,7 @@ def c4(
                      train_samples=_samples(train_samples), val_samples=_samples(val_samples),
                      concat_tokens=concat_tokens, bos_text=bos_text, eos_text=eos_text, no_wrap=no_wrap,
                      add_special_tokens=not no_special_tokens, compression=compression, workers=workers,
-                     overwrite=overwrite)
+                     overwrite=overwrite, engine=engine)
     _run(prepare_c4, opts, json_out)
 
 
@@ -93,6 +96,7 @@ def _corpus(kind: str):
         compression: Optional[str] = typer.Option(None, "--compression", help=_COMP),
         workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVER),
+        engine: str = typer.Option("auto", "--engine", help=_ENGINE),
         json_out: bool = typer.Option(False, "--json", help=_JSON),
     ) -> None:
         from llamactl.services.prepare_data import CorpusOptions, prepare_corpus
@@ -102,7 +106,7 @@ def _corpus(kind: str):
                              val_split=val_split, train_samples=_samples(train_samples),
                              val_samples=_samples(val_samples), concat_tokens=concat_tokens, bos_text=bos_text,
                              eos_text=eos_text, no_wrap=no_wrap, add_special_tokens=not no_special_tokens,
-                             compression=compression, workers=workers, overwrite=overwrite)
+                             compression=compression, workers=workers, overwrite=overwrite, engine=engine)
         _run(prepare_corpus, opts, json_out)
 
     command.__doc__ = {"text": "Plain-text files to packed MDS splits.",

@@ -45,10 +45,14 @@ def train(
                      extra_args=["--no-sample"] if no_sample else [])
         render.info(f"run directory: {run}")
         return
-    with render.TrainProgress(quiet=json_out) as progress:
+    import os
+
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks to the terminal
+    with render.TrainProgress(quiet=json_out or not rank0) as progress:
         result = run_train(yaml, overrides=[*(overrides or []), *extra], run_dir=run_dir,
                            on_event=progress.on_event, sample=not no_sample)
-    render.print_json(result.to_dict()) if json_out else render.train_summary(result)
+    if rank0:
+        render.print_json(result.to_dict()) if json_out else render.train_summary(result)
 
 
 def register(app: typer.Typer) -> None:
