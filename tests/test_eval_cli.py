@@ -141,3 +141,11 @@ def test_perplexity_on_a_prepared_mds_split(tiny_dir, files, tmp_path, capsys):
     assert 1 < p["ppl"] < 1e6
     code, _, err = run_cli(["eval", str(tiny_dir), "--data", str(ds), "--device", "cpu"], capsys)
     assert code == 2 and "not a prepared MDS split" in err
+
+
+def test_task_names_are_found_through_llamactl_task_dir(tiny_dir, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLAMACTL_TASK_DIR", str(files))
+    code, out, err = run_cli(["eval", str(tiny_dir), "-t", "count", "--out", str(tmp_path / "r"), "--json",
+                              "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tasks"][0]["task"] == "count"

@@ -24,6 +24,7 @@ from llamactl.services.evaluate import EvalRequest, run_eval
 
 TASKS = ["general_knowledge", "physical_intuition"]
 SEQ_LEN = 512
+pytestmark = pytest.mark.slow  # whole tasks, scored twice (ours and the reference): minutes on two CPU cores
 
 
 @pytest.fixture(scope="module")
