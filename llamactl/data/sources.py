@@ -219,7 +219,8 @@ def _lines(f: Any, chunk: int = 1 << 22) -> Iterator[bytes]:
         yield carry
 
 
-def text_batches(fileset: FileSet, *, route: Router, unit: str = "file", batch_bytes: int = 1 << 20) -> Iterator[RawBatch]:
+def text_batches(fileset: FileSet, *, route: Router, unit: str = "file",
+                 batch_bytes: int = 1 << 20) -> Iterator[RawBatch]:
     """Plain-text documents: one per file (``unit="file"``), per non-empty line, or per blank-line paragraph."""
     if unit not in ("file", "line", "paragraph"):
         raise UserInputError(f"--unit must be file, line or paragraph, got {unit!r}")
@@ -269,7 +270,8 @@ def parquet_batches(fileset: FileSet, *, field: str, route: Router, rows_per_bat
             raise DataError(f"{name} is not a readable parquet file ({type(e).__name__})") from None
         names = pf.schema_arrow.names
         if field not in names:
-            raise DataError(f"{name} has no column {field!r} (it has: {', '.join(names)}); pass --field with one of those")
+            raise DataError(f"{name} has no column {field!r} (it has: {', '.join(names)}); "
+                            f"pass --field with one of those")
         if pf.metadata.num_rows == 0:
             raise DataError(f"input file {name} holds no rows; remove it or fill it")
         for rb in pf.iter_batches(batch_size=rows_per_batch, columns=[field]):
