@@ -83,7 +83,8 @@ theirs = StreamingTextDataset(tokenizer=tok, max_seq_len=args["seq"], local=args
                               batch_size=1)
 raw = StreamingDataset(local=args["ours"], split="train_small", batch_size=1)
 same = all(torch.equal(theirs[i], torch.from_numpy(raw[i]["tokens"].astype(np.int64))) for i in range(raw.num_samples))
-print(json.dumps({"seconds": seconds, "samples": n, "reads_llamactl_output": bool(same and len(theirs) == raw.num_samples)}))
+same = bool(same and len(theirs) == raw.num_samples)
+print(json.dumps({"seconds": seconds, "samples": n, "reads_llamactl_output": same}))
 '''
 
 
@@ -194,7 +195,8 @@ def main() -> None:
           f"tokenizer {args.tokenizer.name}; {args.concat_tokens}-token samples")
     print(f"{'tool':<34}{'samples':>9}{'seconds':>9}{'tokens/s':>12}{'wall s':>8}")
     print(f"{'llamactl prepare-data c4':<34}{a['samples']:>9}{a['seconds']:>9.1f}{tok_a:>12,.0f}{a['wall']:>8.1f}")
-    print(f"{'LLM Foundry convert_dataset_hf':<34}{b['samples']:>9}{b['seconds']:>9.1f}{tok_b:>12,.0f}{b['wall']:>8.1f}")
+    print(f"{'LLM Foundry convert_dataset_hf':<34}{b['samples']:>9}{b['seconds']:>9.1f}{tok_b:>12,.0f}"
+          f"{b['wall']:>8.1f}")
     print(f"ratio (tokens/s): {tok_a / tok_b:.2f}x")
     print(f"LLM Foundry StreamingTextDataset reads llamactl's shards exactly: {b['reads_llamactl_output']}")
     print(f"llamactl's loader reads LLM Foundry's shards: {read_theirs}")

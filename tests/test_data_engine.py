@@ -15,10 +15,10 @@ from llamactl.data.tokenize import DocEncoder, EncodeSpec
 
 def _spec(tok_dir: Path, engine: str = "auto", add_special_tokens: bool = True) -> EncodeSpec:
     from llamactl.data.tokenizer import load_tokenizer
-    from llamactl.services.prepare_data import _encode_spec
+    from llamactl.data.tokenize import make_encode_spec
 
-    spec, _ = _encode_spec(load_tokenizer(tok_dir), bos_text="", eos_text=None, add_special_tokens=add_special_tokens,
-                           engine=engine)
+    spec, _ = make_encode_spec(load_tokenizer(tok_dir), bos_text="", eos_text=None,
+                               add_special_tokens=add_special_tokens, engine=engine)
     return spec
 
 
@@ -75,7 +75,7 @@ def test_a_disagreement_falls_back_to_tokenizers(shared_data: Path, tmp_path: Pa
 
 def test_forcing_tiktoken_on_an_ineligible_tokenizer_is_a_clear_error(tmp_path: Path, shared_data: Path):
     from llamactl.errors import UserInputError
-    from llamactl.services.prepare_data import _encode_spec
+    from llamactl.data.tokenize import make_encode_spec
 
     from llamactl.data.tokenizer import load_tokenizer
 
@@ -86,6 +86,6 @@ def test_forcing_tiktoken_on_an_ineligible_tokenizer_is_a_clear_error(tmp_path: 
 
     tok._tokenizer = Tokenizer.from_str(json.dumps(tj))
     with pytest.raises(UserInputError, match=r"--engine tiktoken cannot reproduce this tokenizer \(has a normalizer\)"):
-        _encode_spec(tok, bos_text="", eos_text=None, add_special_tokens=True, engine="tiktoken")
-    spec, _ = _encode_spec(tok, bos_text="", eos_text=None, add_special_tokens=True, engine="auto")
+        make_encode_spec(tok, bos_text="", eos_text=None, add_special_tokens=True, engine="tiktoken")
+    spec, _ = make_encode_spec(tok, bos_text="", eos_text=None, add_special_tokens=True, engine="auto")
     assert spec.engine == "tokenizers"

@@ -45,7 +45,8 @@ def test_missing_path(capsys, tmp_path: Path, tok: str):
 
 def test_empty_file(capsys, tmp_path: Path, tok: str):
     (tmp_path / "empty.jsonl").write_text("")
-    code, _, err = _cli(capsys, "jsonl", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o"), "--tokenizer", tok)
+    code, _, err = _cli(capsys, "jsonl", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o"),
+                        "--tokenizer", tok)
     assert code == 2 and "is empty" in _one_error(err)
     assert not (tmp_path / "o").exists()
     (tmp_path / "blank.jsonl.gz").write_bytes(gzip.compress(b"\n\n"))  # non-empty file, no records

@@ -14,8 +14,8 @@ from llamactl.data.loaders import build_lm_dataloader, split_info
 from llamactl.data.sft import SFTPacker, render_chat, render_pair
 from llamactl.services.prepare_data import SFTOptions, prepare_sft
 
-PAIRS = [{"prompt": f"Question {i}: what is {i} times {i + 3}?", "response": f" It is {i * (i + 3)}." + " Yes." * (i % 5)}
-         for i in range(40)]
+PAIRS = [{"prompt": f"Question {i}: what is {i} times {i + 3}?",
+          "response": f" It is {i * (i + 3)}." + " Yes." * (i % 5)} for i in range(40)]
 
 
 def _chats(n: int) -> list[dict]:

@@ -224,3 +224,13 @@ def test_gpus_flag_launches_processes_on_one_run_dir(tmp_path, data_root):
     assert r.stdout.count("checkpoint") == 1, "only rank 0 prints the summary"
     r = cli("train", "--yaml", str(TINY), "--gpus", "2", cwd=tmp_path)
     assert r.returncode == 2 and "per-GPU batch" in r.stderr
+
+
+def test_usage_errors_are_one_line_and_bare_command_shows_help(tmp_path):
+    for args, needle in ((["trian"], "Did you mean 'train'"), (["train", "--bogus"], "No such option: --bogus"),
+                         (["train", "--yaml"], "requires an argument")):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = cli(cwd=tmp_path)
+    assert r.returncode == 0 and "prepare-data" in r.stdout and not r.stderr.strip()

@@ -121,7 +121,8 @@ def completed_split(data_dir: str | Path, name: str, fp: str) -> SplitRecord | N
     rec = manifest["splits"].get(name)
     if rec is None:
         if (Path(data_dir) / name).exists():
-            raise DataError(f"{Path(data_dir) / name} exists but is not a recorded split; delete it or pass --overwrite")
+            raise DataError(f"{Path(data_dir) / name} exists but is not a recorded split; "
+                            f"delete it or pass --overwrite")
         return None
     if rec["fingerprint"] != fp:
         return None

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -225,3 +225,18 @@ def pack_sft_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], target
                 w.abort()
         raise
     return records
+
+
+def with_engine_fallback(spec: EncodeSpec, run: Callable[[EncodeSpec], Any]) -> Any:
+    """``run(spec)``; if tiktoken ever disagrees with tokenizers, redo it with tokenizers alone."""
+    from dataclasses import replace
+
+    from llamactl.data.fast_bpe import EngineMismatch
+
+    try:
+        return run(spec)
+    except EngineMismatch as e:
+        if spec.fast is None:
+            raise
+        log.warning("%s; preparing again with the tokenizers engine", e)
+        return run(replace(spec, fast=None))

@@ -72,7 +72,13 @@ class FileSet:
         return min(1.0, (self.done_bytes + pos) / total)
 
     def open(self, i: int) -> io.BufferedIOBase:
-        raw = self.fs.open(self.files[i], "rb")
+        try:
+            raw = self.fs.open(self.files[i], "rb")
+        except Exception as e:  # noqa: BLE001 - local OSError or the hub's HTTP errors alike
+            from llamactl.secrets import scrub
+
+            raise DataError(f"cannot open {self.files[i]} ({type(e).__name__}: {scrub(str(e))[:120]}); check the "
+                            f"path, the network and HF_TOKEN") from None
         self._current = raw
         if self.files[i].endswith(".gz"):
             return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
@@ -176,7 +182,7 @@ def json_line_batches(fileset: FileSet, *, field: str, route: Router, batch_byte
         nonempty = False
         with fileset.open(i) as f:
             try:
-                for line in f:
+                for line in _lines(f):
                     if not line.strip():
                         continue
                     nonempty = True
@@ -199,7 +205,22 @@ def json_line_batches(fileset: FileSet, *, field: str, route: Router, batch_byte
                 buffers[split], sizes[split] = [], 0
 
 
-def text_batches(fileset: FileSet, *, route: Router, unit: str = "file", batch_bytes: int = 1 << 20) -> Iterator[RawBatch]:
+def _lines(f: Any, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """Lines of a binary stream, read in large chunks (``readline`` on a gzip stream is 3x slower)."""
+    carry = b""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        parts = (carry + block).split(b"\n")
+        carry = parts.pop()
+        yield from parts
+    if carry:
+        yield carry
+
+
+def text_batches(fileset: FileSet, *, route: Router, unit: str = "file",
+                 batch_bytes: int = 1 << 20) -> Iterator[RawBatch]:
     """Plain-text documents: one per file (``unit="file"``), per non-empty line, or per blank-line paragraph."""
     if unit not in ("file", "line", "paragraph"):
         raise UserInputError(f"--unit must be file, line or paragraph, got {unit!r}")
@@ -249,7 +270,8 @@ def parquet_batches(fileset: FileSet, *, field: str, route: Router, rows_per_bat
             raise DataError(f"{name} is not a readable parquet file ({type(e).__name__})") from None
         names = pf.schema_arrow.names
         if field not in names:
-            raise DataError(f"{name} has no column {field!r} (it has: {', '.join(names)}); pass --field with one of those")
+            raise DataError(f"{name} has no column {field!r} (it has: {', '.join(names)}); "
+                            f"pass --field with one of those")
         if pf.metadata.num_rows == 0:
             raise DataError(f"input file {name} holds no rows; remove it or fill it")
         for rb in pf.iter_batches(batch_size=rows_per_batch, columns=[field]):

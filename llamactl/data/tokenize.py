@@ -10,6 +10,7 @@ deterministic and identical for any ``--workers``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from llamactl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class EncodeSpec:
     eos_ids: tuple[int, ...] = ()
     fast: dict | None = None
     template: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-    verify_every: int = 64
+    verify_every: int = 128
 
     @property
     def engine(self) -> str:
@@ -196,15 +199,21 @@ def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, in
              initargs: tuple, should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Ordered map over ``workers`` spawned processes with at most ``2 * workers`` items in flight.
 
-    ``multiprocessing.Pool.imap`` would read the whole input ahead; this keeps memory flat however
-    large the source. Results come back in input order, so the output does not depend on ``workers``.
+    ``Pool.imap`` would read the whole input ahead, and ``Pool`` waits forever for the result of a
+    worker that died (killed for memory); ``ProcessPoolExecutor`` reports that, and the bounded
+    queue keeps memory flat however large the source. Results come back in input order, so the
+    output does not depend on ``workers``.
     """
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from llamactl.errors import RunError
 
     stop = should_stop or (lambda: False)
     # spawn, not fork: the parent may hold torch/rayon threads, and fork after threads is unsafe.
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
     pending: deque = deque()
     try:
         it = iter(items)
@@ -216,12 +225,63 @@ def pool_map(fn: Callable[[Any], Any], items: Iterable[Any], *, workers: int, in
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append(pool.apply_async(fn, (item,)))
+                pending.append(pool.submit(fn, item))
             if not pending:
                 break
-            yield pending.popleft().get()
+            try:
+                result = pending.popleft().result()
+            except BrokenProcessPool:
+                raise RunError(f"a tokenizer worker process died (out of memory?); run again with fewer --workers "
+                               f"(now {workers})") from None
+            yield result
             if stop():
                 break
     finally:
-        pool.terminate()
-        pool.join()
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+ENGINES = ("auto", "tiktoken", "tokenizers")
+
+
+def make_encode_spec(tok: Any, *, bos_text: str, eos_text: str | None, add_special_tokens: bool,
+                     engine: str = "auto") -> tuple[EncodeSpec, dict[str, Any]]:
+    """Separators, tokenizer and engine of the workers, and the separator facts for the manifest.
+
+    ``eos_text=None`` picks a separator automatically: nothing if the tokenizer marks documents with a
+    BOS/EOS itself, else its EOS token.
+    """
+    from llamactl.data import fast_bpe
+    from llamactl.data.tokenizer import token_ids_of
+    from llamactl.errors import UserInputError
+
+    if engine not in ENGINES:
+        raise UserInputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    probe = tok("a", add_special_tokens=add_special_tokens)["input_ids"]
+    marks_docs = add_special_tokens and len(probe) > 0 and (
+        probe[0] == tok.bos_token_id or probe[-1] == tok.eos_token_id)
+    if eos_text is None:
+        # Documents must be told apart in the packed stream: if the tokenizer adds no BOS/EOS by
+        # itself (e.g. the bare Llama 3 tokenizer.json), append its EOS token.
+        eos_text = "" if marks_docs or bos_text else (tok.eos_token or "")
+    bos_ids, eos_ids = token_ids_of(tok, bos_text), token_ids_of(tok, eos_text)
+    if not (marks_docs or bos_ids or eos_ids):
+        raise UserInputError("this tokenizer adds no BOS/EOS token and has none to append, so documents would run "
+                             "together; pass --eos-text (e.g. '<|endoftext|>') or --bos-text")
+    tokenizer_json = tok._tokenizer.to_str()
+    fast, template = None, ((), ())
+    if engine != "tokenizers":
+        params, why = fast_bpe.tiktoken_params(tokenizer_json)
+        tmpl = fast_bpe.template_ids(tok._tokenizer) if params else None
+        if params and tmpl is None:
+            why = "its post-processor does more than add fixed tokens"
+        if params and tmpl is not None:
+            fast, template = params, (tuple(tmpl[0]), tuple(tmpl[1]))
+        elif engine == "tiktoken":
+            raise UserInputError(f"--engine tiktoken cannot reproduce this tokenizer ({why}); use --engine auto")
+        else:
+            log.info("tokenizer engine: tokenizers (tiktoken not usable: %s)", why)
+    spec = EncodeSpec(tokenizer_json=tokenizer_json, add_special_tokens=add_special_tokens,
+                      bos_ids=tuple(bos_ids), eos_ids=tuple(eos_ids), fast=fast, template=template)
+    return spec, {"bos_text": bos_text, "eos_text": eos_text, "bos_ids": bos_ids, "eos_ids": eos_ids}

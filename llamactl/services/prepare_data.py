@@ -20,7 +20,8 @@ from typing import Any, Iterable
 from llamactl.data.mds import (
     SplitRecord, claim_output_dir, completed_split, fingerprint, read_manifest, remove_if_empty, remove_split,
 )
-from llamactl.data.pipeline import ProgressFn, SplitTarget, pack_lm_splits
+from llamactl.data.pipeline import ProgressFn, SplitTarget, pack_lm_splits, with_engine_fallback
+from llamactl.data.tokenize import make_encode_spec
 from llamactl.errors import DataError, LlamactlError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -126,61 +127,6 @@ def _check_common(concat_tokens: int, workers: int | None, compression: str | No
     return workers  # type: ignore[return-value]
 
 
-ENGINES = ("auto", "tiktoken", "tokenizers")
-
-
-def _encode_spec(tok: Any, *, bos_text: str, eos_text: str | None, add_special_tokens: bool, engine: str = "auto"):
-    """Separators, tokenizer and engine of the workers; ``eos_text=None`` picks a separator automatically."""
-    from llamactl.data import fast_bpe
-    from llamactl.data.tokenize import EncodeSpec
-    from llamactl.data.tokenizer import token_ids_of
-
-    if engine not in ENGINES:
-        raise UserInputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    probe = tok("a", add_special_tokens=add_special_tokens)["input_ids"]
-    marks_docs = add_special_tokens and len(probe) > 0 and (
-        probe[0] == tok.bos_token_id or probe[-1] == tok.eos_token_id)
-    if eos_text is None:
-        # Documents must be told apart in the packed stream: if the tokenizer adds no BOS/EOS by
-        # itself (e.g. the bare Llama 3 tokenizer.json), append its EOS token.
-        eos_text = "" if marks_docs or bos_text else (tok.eos_token or "")
-    bos_ids, eos_ids = token_ids_of(tok, bos_text), token_ids_of(tok, eos_text)
-    if not (marks_docs or bos_ids or eos_ids):
-        raise UserInputError("this tokenizer adds no BOS/EOS token and has none to append, so documents would run "
-                             "together; pass --eos-text (e.g. '<|endoftext|>') or --bos-text")
-    tokenizer_json = tok._tokenizer.to_str()
-    fast, template = None, ((), ())
-    if engine != "tokenizers":
-        params, why = fast_bpe.tiktoken_params(tokenizer_json)
-        tmpl = fast_bpe.template_ids(tok._tokenizer) if params else None
-        if params and tmpl is None:
-            why = "its post-processor does more than add fixed tokens"
-        if params and tmpl is not None:
-            fast, template = params, (tuple(tmpl[0]), tuple(tmpl[1]))
-        elif engine == "tiktoken":
-            raise UserInputError(f"--engine tiktoken cannot reproduce this tokenizer ({why}); use --engine auto")
-        else:
-            log.info("tokenizer engine: tokenizers (tiktoken not usable: %s)", why)
-    spec = EncodeSpec(tokenizer_json=tokenizer_json, add_special_tokens=add_special_tokens,
-                      bos_ids=tuple(bos_ids), eos_ids=tuple(eos_ids), fast=fast, template=template)
-    return spec, {"bos_text": bos_text, "eos_text": eos_text, "bos_ids": bos_ids, "eos_ids": eos_ids}
-
-
-def _with_engine_fallback(spec: Any, run):
-    """``run(spec)``; if tiktoken ever disagrees with tokenizers, redo it with tokenizers alone."""
-    from dataclasses import replace
-
-    from llamactl.data.fast_bpe import EngineMismatch
-
-    try:
-        return run(spec)
-    except EngineMismatch as e:
-        if spec.fast is None:
-            raise
-        log.warning("%s; preparing again with the tokenizers engine", e)
-        return run(replace(spec, fast=None))
-
-
 def _tokenizer_facts(name: str, tok: Any, spec: Any) -> dict[str, Any]:
     import hashlib
 
@@ -260,7 +206,7 @@ def prepare_c4(opts: C4Options, progress: ProgressFn | None = None) -> PrepareRe
     filesets = {s: c4_files(C4_SPLITS[s], source=opts.source, subset=opts.subset) for s in opts.splits}
     workers = _effective_workers(workers, sum(f.total_bytes for f in filesets.values()) if opts.source else None)
     tok = load_tokenizer(opts.tokenizer)
-    spec, seps = _encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
+    spec, seps = make_encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
                               add_special_tokens=opts.add_special_tokens, engine=opts.engine)
     facts = _tokenizer_facts(opts.tokenizer, tok, spec)
     dtype = token_dtype(facts["vocab_size"])
@@ -287,7 +233,7 @@ def prepare_c4(opts: C4Options, progress: ProgressFn | None = None) -> PrepareRe
                     targets=[t], spec=sp, seq_len=opts.concat_tokens, wrap=not opts.no_wrap, token_dtype=dtype,
                     compression=opts.compression, workers=workers, progress=progress, fraction=fs.fraction)
 
-            records |= _with_engine_fallback(spec, run)
+            records |= with_engine_fallback(spec, run)
         return records
 
     dataset = {**facts, "seq_len": opts.concat_tokens, "kind": "lm", **seps}
@@ -323,7 +269,7 @@ def prepare_corpus(opts: CorpusOptions, progress: ProgressFn | None = None) -> P
         except ImportError:
             raise UserInputError("reading parquet needs pyarrow; install it with `pip install pyarrow`") from None
     tok = load_tokenizer(opts.tokenizer)
-    spec, seps = _encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
+    spec, seps = make_encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
                               add_special_tokens=opts.add_special_tokens, engine=opts.engine)
     facts = _tokenizer_facts(opts.tokenizer, tok, spec)
     dtype = token_dtype(facts["vocab_size"])
@@ -369,7 +315,7 @@ def prepare_corpus(opts: CorpusOptions, progress: ProgressFn | None = None) -> P
                                   wrap=not opts.no_wrap, token_dtype=dtype, compression=opts.compression,
                                   workers=workers, progress=progress, fraction=fraction)
 
-        return _with_engine_fallback(spec, run)
+        return with_engine_fallback(spec, run)
 
     dataset = {**facts, "seq_len": opts.concat_tokens, "kind": "lm", **seps}
     records, reused = _run(out, dataset, wanted, opts.overwrite, write)
