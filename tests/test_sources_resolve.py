@@ -44,8 +44,11 @@ def test_folder_that_is_not_a_model(tmp_path):
 def test_hub_id_downloads_with_token_and_patterns(tmp_path, monkeypatch, caplog):
     import huggingface_hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # `make test` sets it; this test is about online
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    # `make test` exports HF_HUB_OFFLINE=1, which huggingface_hub reads once at import; this test is
+    # about the online path.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     folder = tiny_pretrained(tmp_path / "remote")
     calls = []
@@ -108,8 +111,9 @@ def test_run_and_checkpoint_sources_are_recognised(tmp_path):
 def test_hub_errors_are_one_line(monkeypatch):
     import huggingface_hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def unreachable(repo_id, **kwargs):
