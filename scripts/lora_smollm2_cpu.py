@@ -1,10 +1,10 @@
 """Short LoRA fine-tune of SmolLM2-135M-Instruct on CPU through ``llamactl``'s own pipeline.
 
     PYTHONPATH=. python scripts/lora_smollm2_cpu.py        # 200 chats, 16 steps (about one pass)
-    PYTHONPATH=. python scripts/lora_smollm2_cpu.py --steps 6 --examples 48   # quicker
+    PYTHONPATH=. python scripts/lora_smollm2_cpu.py --steps 4 --batch 2 --examples 32   # quicker
 
-CPU time is dominated by ~12k tokens through a 135M model forward and backward; see the
-measured times in docs/convert.md.
+CPU time is dominated by ~12k tokens through a 135M model forward and backward (17 minutes
+measured on a busy shared two-core machine; see docs/convert.md for the numbers).
 
 The data are chat examples built from the offline corpora in ../shared/data, and they are what
 they say: each user turn is a passage of one or two sentences cut from one of Jane Austen's six

@@ -133,3 +133,45 @@ def tiny_bpe_tokenizer(folder: Path, corpus_file: Path, *, vocab_size: int = 320
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(folder))
     return folder
+
+
+def service_run(runs_dir: Path, base: Path, data_root: Path, *, lora: dict[str, Any] | None = None, steps: int = 4,
+                seq: int = 64, lr: float = 5e-3, name: str = "svc") -> Path:
+    """A run made by ``llamactl.services.train`` itself (what ``llamactl train`` runs): the bundled
+    corpus and tokenizer, ``base`` as ``model.pretrained_model_name_or_path``. Returns the run dir."""
+    from llamactl.config.load import config_from_dict
+    from llamactl.services.train import train
+
+    model: dict[str, Any] = {"pretrained_model_name_or_path": str(base)}
+    if lora:
+        model["peft_config"] = dict(lora)
+    cfg = config_from_dict({
+        "run_name": name, "runs_dir": str(runs_dir), "data_root": str(data_root), "max_seq_len": seq,
+        "model": model, "tokenizer": {"name": "embedded"},
+        "train_loader": {"name": "embedded", "dataset": {"split": "train"}},
+        "optimizer": {"name": "decoupled_adamw", "lr": lr}, "scheduler": {"name": "constant_with_warmup"},
+        "max_duration": f"{steps}ba", "global_train_batch_size": 4, "device_train_microbatch_size": 4,
+        "precision": "fp32", "save_interval": f"{steps}ba", "log_interval": "1ba"})
+    return train(cfg, sample=False).run_dir
+
+
+def composer_reference(checkpoint: Path, base: Path, lora: dict[str, Any] | None = None):
+    """The trained model as *Composer* restores it: a fresh ``LlamactlComposerModel`` on the base,
+    filled by Composer's own checkpoint loading (``Trainer(load_path=..., load_weights_only=True)``).
+    Independent of llamactl's checkpoint reader, so it is the reference exports are checked against."""
+    from composer import Trainer
+
+    from llamactl.interop.sources import load_model
+    from llamactl.training.adapter import LlamactlComposerModel
+
+    model = LlamactlComposerModel(load_model(base).model, peft_config=dict(lora) if lora else None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # non-strict: a PEFT-only checkpoint holds the adapter alone (Composer's default is strict)
+    trainer = Trainer(model=model, load_path=str(checkpoint), load_weights_only=True, load_strict_model_weights=False,
+                      device="cpu", progress_bar=False, log_to_console=False)
+    trainer.close()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "Composer restored nothing: the reference would be the base model"
+    if lora:
+        assert all(".lora_" in k for k in changed)
+    return model.eval()

@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from convert_support import ours_logits, stock_logits, tiny_config, tiny_pretrained, train_run
+from convert_support import (composer_reference, ours_logits, service_run, stock_logits, tiny_config, tiny_pretrained,
+                             train_run)
 from llamactl.errors import ModelNotFoundError, UserInputError, WeightMappingError
 from llamactl.services.convert import ConvertRequest, convert
 
@@ -20,15 +21,20 @@ def _stock(folder, dtype=torch.float32):
     return LlamaForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
 
 
+V = 4096  # the bundled tokenizer's vocabulary
+
+
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, shared_data):
+def full_run(tmp_path_factory):
+    """A full fine-tune made by ``llamactl.services.train`` (bundled corpus and tokenizer) from a tiny
+    pretrained folder; the reference is the checkpoint as Composer itself restores it."""
     root = tmp_path_factory.mktemp("full")
-    base = tiny_pretrained(root / "base", tiny_config(vocab_size=49152, hidden_size=32, intermediate_size=64,
-                                                      num_attention_heads=4, tie_word_embeddings=False),
-                           tokenizer_from=shared_data / "tokenizers" / "smollm2")
+    base = tiny_pretrained(root / "base", tiny_config(vocab_size=V, hidden_size=32, intermediate_size=64,
+                                                      num_attention_heads=4, tie_word_embeddings=False))
     (base / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2,
                                                              "temperature": 0.3, "do_sample": True}))
-    run, model = train_run(root / "runs", base, steps=3, lr=5e-3)
+    run = service_run(root / "runs", base, tmp_path_factory.getbasetemp() / "embedded-data", steps=3)
+    model = composer_reference(run / "checkpoints" / "latest-rank0.pt", base)
     return root, base, run, model
 
 
@@ -40,7 +46,7 @@ def test_full_finetune_exports_hf_folder_with_equal_logits(full_run):
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
     gen = json.loads((root / "hf" / "generation_config.json").read_text())
     assert gen["temperature"] == 0.3  # the base's generation config carries over
-    ids = torch.randint(0, 49152, (2, 20), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(0))
     ours = ours_logits(model, ids)
     assert (ours - stock_logits(_stock(root / "hf"), ids)).abs().max().item() <= 1e-5
     assert (ours - stock_logits(_stock(base), ids)).abs().max().item() > 1e-4  # training changed it
@@ -58,7 +64,7 @@ def test_checkpoint_file_and_bf16_output(full_run):
     assert {v.dtype for v in load_file(str(root / "hf-bf16" / "model.safetensors")).values()} == {torch.bfloat16}
     assert json.loads((root / "hf-bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert res.dtype == "bf16"
-    ids = torch.randint(0, 49152, (1, 12), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(1))
     diff = (ours_logits(model, ids) - stock_logits(_stock(root / "hf-bf16", torch.bfloat16), ids)).abs().max()
     assert diff.item() < 0.1  # bf16 weights and compute: close, not equal
 
@@ -67,9 +73,11 @@ def test_load_model_of_a_full_run_is_the_trained_model(full_run):
     from llamactl.interop.sources import load_model
 
     root, base, run, model = full_run
+    from llamactl.data.embedded import embedded_tokenizer_dir
+
     loaded = load_model(run)
-    assert not loaded.lora_merged and loaded.tokenizer_dir == base
-    ids = torch.randint(0, 49152, (1, 12), generator=torch.Generator().manual_seed(2))
+    assert not loaded.lora_merged and loaded.tokenizer_dir == embedded_tokenizer_dir()  # the run's tokenizer
+    ids = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(loaded.model(ids).logits, ours_logits(model, ids))
 
@@ -152,3 +160,29 @@ def test_real_composer_checkpoint_loads_with_weights_only(full_run):
     ck = read_composer_checkpoint(run)
     assert not ck.is_lora and ck.batches == 3 and ck.hf_config["model_type"] == "llama"
     assert "layers.0.self_attn.q_proj.weight" in ck.weights
+    assert "tokenizer.json" in ck.tokenizer_files  # Composer keeps the run's tokenizer in the checkpoint
+
+
+def test_tokenizer_stored_in_the_checkpoint_is_used_when_the_configured_one_is_gone(full_run, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from llamactl.interop.sources import load_model
+
+    root, base, run, model = full_run
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved, symlinks=True)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["tokenizer"]["name"] = str(tmp_path / "deleted-tokenizer")
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    tok_dir = load_model(moved).tokenizer_dir
+    assert tok_dir is not None and str(tok_dir).startswith(str(tmp_path / "cache"))
+    from transformers import AutoTokenizer
+
+    from llamactl.data.embedded import embedded_tokenizer_dir
+
+    text = "It is a truth universally acknowledged."
+    assert AutoTokenizer.from_pretrained(str(tok_dir))(text).input_ids == \
+        AutoTokenizer.from_pretrained(str(embedded_tokenizer_dir()))(text).input_ids

@@ -200,3 +200,23 @@ def test_smollm2_gguf_roundtrip(smollm2_dir, tmp_path, gguf_type):
     for text in TEXTS:
         assert tok(text).input_ids == ref(text).input_ids
     assert tok.chat_template == ref.chat_template
+
+
+def test_llama3_rope_scaling_survives_gguf_export_and_import(tiny_folder, tmp_path):
+    """Llama 3.x rope scaling is written as llama.cpp's rope_freqs divisors; transformers' reader
+    ignores them, so our importer recovers the HF settings and the round trip is exact."""
+    from llamactl.interop.checkpoint import load_hf_folder, read_hf_config
+    from llamactl.interop.gguf import gguf_to_hf_folder
+
+    rope = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    folder = tiny_pretrained(tmp_path / "l3", tiny_config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                                          num_attention_heads=4, rope_theta=500000.0,
+                                                          rope_scaling=rope, max_position_embeddings=512),
+                             tokenizer_from=tiny_folder)
+    out = hf_folder_to_gguf(folder, tmp_path / "l3.gguf", gguf_type="f32")
+    back = gguf_to_hf_folder(out, tmp_path / "l3-back")
+    assert read_hf_config(back).rope_scaling == rope
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_hf_folder(back)(ids).logits, load_hf_folder(folder)(ids).logits)

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from convert_support import ours_logits, stock_logits, tiny_config, tiny_pretrained, train_run
+from convert_support import (composer_reference, ours_logits, service_run, stock_logits, tiny_config, tiny_pretrained,
+                             train_run)
 from llamactl.errors import ModelNotFoundError, WeightMappingError
 from llamactl.services.convert import ConvertRequest, convert
 
@@ -30,11 +31,17 @@ def _stock(folder):
     return LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
+V = 4096  # the bundled tokenizer's vocabulary
+
+
 @pytest.fixture(scope="module")
 def tiny_lora_run(tmp_path_factory):
+    """A LoRA run made by ``llamactl.services.train`` from a tiny pretrained folder; the reference
+    model is the checkpoint as Composer itself restores it into our adapter."""
     root = tmp_path_factory.mktemp("lora")
-    base = tiny_pretrained(root / "base")
-    run, model = train_run(root / "runs", base, lora=LORA, steps=4)
+    base = tiny_pretrained(root / "base", tiny_config(vocab_size=V))
+    run = service_run(root / "runs", base, tmp_path_factory.getbasetemp() / "embedded-data", lora=LORA, steps=4)
+    model = composer_reference(run / "checkpoints" / "latest-rank0.pt", base, LORA)
     return root, base, run, model
 
 
@@ -56,7 +63,7 @@ def test_lora_run_exports_stock_peft_adapter(tiny_lora_run):
     assert res.lora_b_nonzero == (8, 8)
     assert all(k.startswith("base_model.model.model.layers.") for k in tensors)
 
-    ids = torch.randint(0, 211, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, V, (2, 24), generator=torch.Generator().manual_seed(0))
     ours = ours_logits(model, ids)
     theirs = stock_logits(_stock_peft(cfg["base_model_name_or_path"], adapter), ids)
     assert (ours - theirs).abs().max().item() <= 1e-5
@@ -68,7 +75,7 @@ def test_lora_run_merges_into_full_hf_folder(tiny_lora_run):
     root, base, run, model = tiny_lora_run
     res = convert(ConvertRequest(source=str(run), out=root / "merged", merge=True, dtype="fp32"))
     assert res.to == "hf" and res.merged
-    ids = torch.randint(0, 211, (2, 24), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, V, (2, 24), generator=torch.Generator().manual_seed(1))
     diff = (ours_logits(model, ids) - stock_logits(_stock(root / "merged"), ids)).abs().max().item()
     assert diff <= 1e-4
 
@@ -79,7 +86,7 @@ def test_load_model_merges_lora_run(tiny_lora_run):
     root, base, run, model = tiny_lora_run
     loaded = load_model(run)
     assert loaded.lora_merged and loaded.source.kind == "run"
-    ids = torch.randint(0, 211, (1, 16), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         diff = (loaded.model(ids).logits - ours_logits(model, ids)).abs().max().item()
     assert diff <= 1e-4
@@ -97,17 +104,17 @@ def test_adapter_folder_roundtrip_and_rebase(tiny_lora_run):
         == {torch.bfloat16}
     assert res.to == "peft"
     convert(ConvertRequest(source=str(adapter), out=root / "merged2", to="hf", dtype="fp32"))
-    ids = torch.randint(0, 211, (1, 16), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, V, (1, 16), generator=torch.Generator().manual_seed(3))
     assert (ours_logits(model, ids) - stock_logits(_stock(root / "merged2"), ids)).abs().max().item() <= 1e-4
 
 
 def test_adapter_for_a_different_base_is_refused(tiny_lora_run):
     root, base, run, model = tiny_lora_run
-    other = tiny_pretrained(root / "other-base", tiny_config(hidden_size=96, num_attention_heads=6))
+    other = tiny_pretrained(root / "other-base", tiny_config(vocab_size=V, hidden_size=96, num_attention_heads=6))
     with pytest.raises(WeightMappingError, match="different base model|hidden_size"):
         convert(ConvertRequest(source=str(run), out=root / "bad", base=str(other), merge=True))
     assert not (root / "bad").exists()
-    deeper = tiny_pretrained(root / "deeper-base", tiny_config(num_hidden_layers=1))
+    deeper = tiny_pretrained(root / "deeper-base", tiny_config(vocab_size=V, num_hidden_layers=1))
     adapter = root / "adapter3"
     convert(ConvertRequest(source=str(run), out=adapter))
     with pytest.raises(WeightMappingError, match="different base model"):

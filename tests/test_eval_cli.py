@@ -122,3 +122,30 @@ def test_errors_are_one_clear_line(tiny_dir, files, capsys, args, message):
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_perplexity_on_a_prepared_mds_split(tiny_dir, files, tmp_path, capsys):
+    ds = tmp_path / "ds"
+    code, _, err = run_cli(["prepare-data", "text", str(files / "text.txt"), "--out", str(ds), "--tokenizer",
+                            str(tiny_dir), "--concat-tokens", "32"], capsys)
+    assert code == 0, err
+    split = next(p for p in ds.iterdir() if (p / "index.json").is_file())
+    code, out, err = run_cli(["eval", str(tiny_dir), "--data", str(split), "--seq-len", "32", "--out",
+                              str(tmp_path / "r"), "--json", "--device", "cpu"], capsys)
+    assert code == 0, err
+    p = json.loads(out)["perplexity"][0]
+    from llamactl.data.loaders import split_info
+
+    info = split_info(ds, split.name)
+    assert p["tokens"] == info.num_samples * 31  # every packed sample: 32 tokens, 31 targets
+    assert 1 < p["ppl"] < 1e6
+    code, _, err = run_cli(["eval", str(tiny_dir), "--data", str(ds), "--device", "cpu"], capsys)
+    assert code == 2 and "not a prepared MDS split" in err
+
+
+def test_task_names_are_found_through_llamactl_task_dir(tiny_dir, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLAMACTL_TASK_DIR", str(files))
+    code, out, err = run_cli(["eval", str(tiny_dir), "-t", "count", "--out", str(tmp_path / "r"), "--json",
+                              "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tasks"][0]["task"] == "count"

@@ -1,10 +1,11 @@
 """`llamactl eval` on a real pretrained model (SmolLM2-135M-Instruct from the PyPI GGUF) against an
 independent reference computed here with stock transformers.
 
-The reference re-implements the documented prompt format and scoring rule in its own simple
-loop: BIG-bench layout ("\\nQ: " + input + choices listed in a seeded shuffle + "\\nA: "), the
-context's trailing space moved to the answer, context tokenized once, each answer's log-likelihood
-summed token by token; raw and per-token-normalised argmax; ties to the first choice.
+The reference re-implements the documented prompt format and scoring rule in its own loop over
+transformers' model and KV cache: BIG-bench layout ("\\nQ: " + input + choices listed in a seeded
+shuffle + "\\nA: "), the context's trailing space moved to the answer, context tokenized once,
+each answer's log-likelihood summed token by token; raw and per-token-normalised argmax; ties to
+the first choice.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from llamactl.services.evaluate import EvalRequest, run_eval
 
 TASKS = ["general_knowledge", "physical_intuition"]
 SEQ_LEN = 512
+pytestmark = pytest.mark.slow  # whole tasks, scored twice (ours and the reference): minutes on two CPU cores
 
 
 @pytest.fixture(scope="module")
@@ -50,50 +52,81 @@ def result(smollm2_dir, shared_data, text_file, tmp_path_factory):
     return run_eval(req)
 
 
-def _forward(model, ids, cache=None, mask=None):
+def _forward(model, ids, *, mask, pos, cache=None, keep=0):
     """A forward with a KV cache under either transformers 5 keyword (``cache`` or ``past_key_values``)."""
     key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     kwargs = {key: cache} if cache is not None else {}
-    out = model(ids, attention_mask=mask, use_cache=True, **kwargs)
+    out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep, **kwargs)
     return out.logits, getattr(out, key)
 
 
-@torch.no_grad()
-def reference_accuracy(model, tok, task_json) -> tuple[float, float]:
+def bigbench_prompts(task_json) -> list[tuple[str, list[str], dict[str, float]]]:
+    """(prompt, choices, target_scores) per example, in the documented BIG-bench layout."""
     data = json.loads(task_json.read_text())
     rng = random.Random(0)
-    raw_hits = norm_hits = 0
+    out = []
     for ex in data["examples"]:
         scores = ex["target_scores"]
-        choices = list(scores)
-        listed = sorted(choices)
+        listed = sorted(scores)
         rng.shuffle(listed)
         prompt = "\nQ: " + ex["input"] + "\n  choice: " + "\n  choice: ".join(listed) + "\nA: "
-        context = prompt.rstrip()
-        space = prompt[len(context):]
-        ctx_ids = tok(context)["input_ids"]
-        conts = [tok(space + c, add_special_tokens=False)["input_ids"] for c in choices]
-        logits, cache = _forward(model, torch.tensor([ctx_ids]))
-        first = logits[0, -1].float().log_softmax(-1)
-        t = max(len(c) for c in conts)
-        sums = [float(first[c[0]]) for c in conts]
+        out.append((prompt, list(scores), scores))
+    return out
+
+
+@torch.no_grad()
+def reference_accuracy(model, tok, task_json, group: int = 16) -> tuple[float, float]:
+    """Raw and per-token-normalised accuracy with stock transformers.
+
+    Contexts of a few examples run together (left-padded, positions counting real tokens only,
+    as transformers' generate does); the cache rows are then selected once per choice and every
+    answer's tokens run on top of its context.
+    """
+    examples = bigbench_prompts(task_json)
+    raw_hits = norm_hits = 0
+    for g in range(0, len(examples), group):
+        batch = examples[g:g + group]
+        ctx, conts = [], []
+        for prompt, choices, _ in batch:
+            context = prompt.rstrip()
+            space = prompt[len(context):]
+            ctx.append(tok(context)["input_ids"])
+            conts.append([tok(space + c, add_special_tokens=False)["input_ids"] for c in choices])
+        c_len = max(len(c) for c in ctx)
+        ids = torch.zeros((len(batch), c_len), dtype=torch.long)
+        am = torch.zeros((len(batch), c_len), dtype=torch.long)
+        for i, c in enumerate(ctx):
+            ids[i, c_len - len(c):] = torch.tensor(c)
+            am[i, c_len - len(c):] = 1
+        logits, cache = _forward(model, ids, mask=am, pos=(am.cumsum(-1) - 1).clamp_min(0), keep=1)
+        last = logits[:, -1].float().log_softmax(-1)  # (E, V)
+        pairs = [(i, k) for i in range(len(batch)) for k in range(len(conts[i]))]
+        sums = {(i, k): float(last[i, conts[i][k][0]]) for i, k in pairs}
+        t = max(len(conts[i][k]) for i, k in pairs)
         if t > 1:
-            cache.batch_repeat_interleave(len(conts))
-            ids = torch.zeros((len(conts), t - 1), dtype=torch.long)
-            mask = torch.ones((len(conts), len(ctx_ids) + t - 1), dtype=torch.long)
-            for i, c in enumerate(conts):
-                ids[i, :len(c) - 1] = torch.tensor(c[:-1])
-                mask[i, len(ctx_ids) + len(c) - 1:] = 0
-            logp = _forward(model, ids, cache, mask)[0].float().log_softmax(-1)  # (n, t-1, V)
-            for i, c in enumerate(conts):
-                sums[i] += sum(float(logp[i, j, c[j + 1]]) for j in range(len(c) - 1))
-        best = max(scores.values())
-        raw = max(range(len(choices)), key=lambda k: (sums[k], -k))
-        norm = max(range(len(choices)), key=lambda k: (sums[k] / len(conts[k]), -k))
-        raw_hits += scores[choices[raw]] == best
-        norm_hits += scores[choices[norm]] == best
-    n = len(data["examples"])
-    return raw_hits / n, norm_hits / n
+            rows = torch.tensor([i for i, _ in pairs])
+            cache.reorder_cache(rows)
+            x = torch.zeros((len(pairs), t - 1), dtype=torch.long)
+            xm = torch.zeros((len(pairs), t - 1), dtype=torch.long)
+            for r, (i, k) in enumerate(pairs):
+                c = conts[i][k]
+                x[r, :len(c) - 1] = torch.tensor(c[:-1])
+                xm[r, :len(c) - 1] = 1
+            pos = am.sum(-1)[rows][:, None] + torch.arange(t - 1)[None, :]
+            logp = _forward(model, x, mask=torch.cat([am[rows], xm], 1), pos=pos, cache=cache)[0]
+            logp = logp.float().log_softmax(-1)  # (N, t-1, V)
+            for r, (i, k) in enumerate(pairs):
+                c = conts[i][k]
+                sums[i, k] += sum(float(logp[r, j, c[j + 1]]) for j in range(len(c) - 1))
+        for i, (_, choices, scores) in enumerate(batch):
+            s = [sums[i, k] for k in range(len(choices))]
+            n_tok = [len(c) for c in conts[i]]
+            best = max(scores.values())
+            raw = max(range(len(choices)), key=lambda k: (s[k], -k))
+            norm = max(range(len(choices)), key=lambda k: (s[k] / n_tok[k], -k))
+            raw_hits += scores[choices[raw]] == best
+            norm_hits += scores[choices[norm]] == best
+    return raw_hits / len(examples), norm_hits / len(examples)
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -14,9 +14,9 @@ PROMPTS = [
     "The capital of France is",
     "Once upon a time, in a small village by the sea, there lived an old fisherman who",
     "def fibonacci(n):",
-    "Water boils at",
 ]
 NEW = 64
+pytestmark = pytest.mark.slow  # a few minutes on two CPU cores: transformers' generate is the slow part
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_greedy_batch_equals_transformers_generate_token_for_token(loaded):
                           pad_token_id=im.pad_token_id)[0, len(p):].tolist()
         singles.append(_trim(ref, im.eos_token_ids))
         assert got == singles[-1]
-    assert sum(len(t) for t in out.tokens) > 3 * NEW  # most rows ran the full 64 tokens
+    assert sum(len(t) for t in out.tokens) > 2 * NEW  # most rows ran the full 64 tokens
     # transformers' own left-padded batch: where it agrees with its single-prompt runs, we agree with it too
     tok.padding_side = "left"
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -65,8 +65,8 @@ def test_greedy_batch_equals_transformers_generate_token_for_token(loaded):
 def test_seeded_sampling_from_smollm2_is_reproducible(loaded):
     im, _ = loaded
     tok = im.tokenizer
-    ids = [tok(p)["input_ids"] for p in PROMPTS[:2]]
-    cfg = SamplingConfig(max_new_tokens=24, temperature=0.8, top_k=40, top_p=0.95, repetition_penalty=1.1, seed=42)
+    ids = [tok(p)["input_ids"] for p in PROMPTS[1:]]
+    cfg = SamplingConfig(max_new_tokens=16, temperature=0.8, top_k=40, top_p=0.95, repetition_penalty=1.1, seed=42)
     gen = Generator(im.model)
     decode = lambda x: tok.decode(x, skip_special_tokens=True)  # noqa: E731
     a = gen.generate(ids, cfg, eos_token_ids=im.eos_token_ids, pad_token_id=im.pad_token_id, decode=decode)

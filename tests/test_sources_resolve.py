@@ -44,6 +44,12 @@ def test_folder_that_is_not_a_model(tmp_path):
 def test_hub_id_downloads_with_token_and_patterns(tmp_path, monkeypatch, caplog):
     import huggingface_hub
 
+    from huggingface_hub import constants
+
+    # `make test` exports HF_HUB_OFFLINE=1, which huggingface_hub reads once at import; this test is
+    # about the online path.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
     folder = tiny_pretrained(tmp_path / "remote")
     calls = []
 
@@ -104,6 +110,10 @@ def test_run_and_checkpoint_sources_are_recognised(tmp_path):
 
 def test_hub_errors_are_one_line(monkeypatch):
     import huggingface_hub
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def unreachable(repo_id, **kwargs):

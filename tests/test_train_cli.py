@@ -214,7 +214,8 @@ def test_dry_run_sizes_the_1b_config_without_training(tmp_path):
 
 def test_gpus_flag_launches_processes_on_one_run_dir(tmp_path, data_root):
     """--gpus N starts N torchrun processes on one run directory (on this CPU machine: gloo DDP)."""
-    r = cli("train", "--yaml", str(TINY), "--gpus", "2", "--duration", "4ba", "--data-root", str(data_root),
+    # its own data folder: no other test's (killed) run has touched its shared memory
+    r = cli("train", "--yaml", str(TINY), "--gpus", "2", "--duration", "4ba", "--data-root", str(tmp_path / "ds"),
             "--runs-dir", str(tmp_path / "runs"), "--no-sample", "eval_loader=null",
             "device_train_microbatch_size=4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -224,3 +225,13 @@ def test_gpus_flag_launches_processes_on_one_run_dir(tmp_path, data_root):
     assert r.stdout.count("checkpoint") == 1, "only rank 0 prints the summary"
     r = cli("train", "--yaml", str(TINY), "--gpus", "2", cwd=tmp_path)
     assert r.returncode == 2 and "per-GPU batch" in r.stderr
+
+
+def test_usage_errors_are_one_line_and_bare_command_shows_help(tmp_path):
+    for args, needle in ((["trian"], "Did you mean 'train'"), (["train", "--bogus"], "No such option: --bogus"),
+                         (["train", "--yaml"], "requires an argument")):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = cli(cwd=tmp_path)
+    assert r.returncode == 0 and "prepare-data" in r.stdout and not r.stderr.strip()

@@ -4,22 +4,11 @@ trains only adapter weights."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from convert_support import RandomTokens
+from torch.utils.data import DataLoader
 
 from llamactl.model import Llama, LlamaConfig
 from llamactl.training.adapter import LlamactlComposerModel
-
-
-class RandomTokens(Dataset):
-    def __init__(self, n: int, seq: int, vocab: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.data = torch.randint(0, vocab, (n, seq), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.data[i], "labels": self.data[i].clone()}
 
 
 def tiny_config() -> LlamaConfig:

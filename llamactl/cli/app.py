@@ -39,23 +39,48 @@ for _name in COMMANDS:
     importlib.import_module(f"llamactl.cli.commands.{_name}").register(app)
 
 
+def _click_exceptions():
+    """Click's exception module(s): typer >= 0.24 vendors its own click as ``typer._click``."""
+    mods = []
+    try:
+        import typer._click.exceptions as vendored
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+    import click.exceptions as plain
+
+    mods.append(plain)
+    return mods
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn failures into one red line and an exit code."""
-    import click
-
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("LLAMACTL_DEBUG") == "1"
+    mods = _click_exceptions()
+
+    def types_named(name: str, *extra: type) -> tuple[type, ...]:
+        return tuple({*extra, *(getattr(m, name) for m in mods if hasattr(m, name))})
+
+    exit_types = types_named("Exit", typer.Exit)
+    abort_types = types_named("Abort", typer.Abort)
+    no_args_types = types_named("NoArgsIsHelpError")
+    usage_types = types_named("ClickException")
     try:
         app(args=args, prog_name="llamactl", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except exit_types as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except abort_types:
         _fail("aborted", 130)
-    except click.ClickException as e:
+    except no_args_types:
+        sys.exit(0)  # the help was shown
+    except usage_types as e:
         if debug:
             raise
-        e.show()
-        sys.exit(e.exit_code)
+        hint = f" (see llamactl {e.ctx.command_path.split(' ', 1)[1]} --help)" if getattr(e, "ctx", None) and \
+            " " in e.ctx.command_path else " (see llamactl --help)"
+        _fail(f"{e.format_message()}{hint}", 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as e:  # noqa: BLE001 - the one place every failure is turned into a line

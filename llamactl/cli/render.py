@@ -12,8 +12,10 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def error(message: str) -> None:
-    """One red line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """One red line on stderr (the message is escaped: paths like [/x] are not markup)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def info(message: str) -> None:

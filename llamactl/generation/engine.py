@@ -91,12 +91,15 @@ class _StaticStep:
         mask = cache_attention_mask(self.cache_pos, self.slots, self.key_padding)  # (B, 1, 1, S)
         out = self.model(self.ids, position_ids=self.pos, attn_mask=mask, kv_cache=self.cache,
                          cache_position=self.cache_pos, logits_to_keep=1)
+        # Advance to the next slot inside the step, so the loop launches nothing for it.
+        self.pos.add_(1)
+        self.cache_pos.add_(1)
         return out.logits[:, -1]  # (B, V)
 
     def _capture(self) -> None:
         # Warm up on a side stream first: cuBLAS/cuDNN pick algorithms and allocate workspaces
-        # lazily, and allocation is not allowed during capture. Warm-up writes land in slot 0,
-        # which every prefill overwrites before it is read.
+        # lazily, and allocation is not allowed during capture. Warm-up writes land in slots 0-1,
+        # which every prefill overwrites before they are read; ``start`` resets the positions.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -107,10 +110,14 @@ class _StaticStep:
         with torch.cuda.graph(self._graph):
             self._out = self._eager()
 
-    def run(self, ids: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
-        self.ids.copy_(ids)
+    def start(self, pos: torch.Tensor, slot: int) -> None:
+        """Set the first decode step's positions (B, 1) and cache slot."""
         self.pos.copy_(pos)
         self.cache_pos.fill_(slot)
+
+    def run(self, ids: torch.Tensor) -> torch.Tensor:
+        """One decode step for ids (B, 1) at the current positions, which then advance by one."""
+        self.ids.copy_(ids)
         if self._graph is not None:
             self._graph.replay()
             return self._out  # type: ignore[return-value]
@@ -197,7 +204,7 @@ class Generator:
         attn = cache_attention_mask(cache_position, step.slots, step.key_padding)  # (B, 1, P, S)
         logits = self.model(ids, position_ids=pos, attn_mask=attn, kv_cache=step.cache,
                             cache_position=cache_position, logits_to_keep=1).logits[:, -1]  # (B, V)
-        next_pos = pos[:, -1:] + 1  # (B, 1)
+        step.start(pos[:, -1:] + 1, p_len)
 
         seen = None
         if config.repetition_penalty != 1.0:
@@ -218,25 +225,26 @@ class Generator:
         sync()
         t1 = time.perf_counter()
 
+        can_finish = use_eos or host_each_step  # else no row ends early: skip the bookkeeping kernels
         steps = 0
         for t in range(max_new):
             tok = next_tokens(logits, config, seen=seen, generator=gen)  # (B,)
-            tok = torch.where(finished, torch.full_like(tok, pad_token_id), tok)
+            if can_finish:
+                tok = torch.where(finished, pad_token_id, tok)
             out[:, t] = tok
             steps = t + 1
-            newly = torch.zeros_like(finished)
             if use_eos:
                 newly = torch.isin(tok, eos) & ~finished
                 finished |= newly
             if seen is not None:
                 seen.scatter_(1, tok[:, None], True)
             if host_each_step:
-                toks, new_done, done = tok.tolist(), newly.tolist(), finished.tolist()
+                toks, done = tok.tolist(), finished.tolist()
+                new_done = newly.tolist() if use_eos else [False] * b
                 for i in range(b):
                     if stopped_by_string[i] or (done[i] and not new_done[i]):
                         continue
                     if new_done[i]:
-                        lengths[i] = t + 1
                         continue  # the EOS token itself is not text
                     piece = streams[i].push(toks[i])  # type: ignore[index]
                     if piece and on_text is not None:
@@ -251,8 +259,7 @@ class Generator:
                 break
             if t == max_new - 1:
                 break
-            logits = step.run(tok[:, None], next_pos, p_len + t)
-            next_pos = next_pos + 1
+            logits = step.run(tok[:, None])
         sync()
         t2 = time.perf_counter()
 

@@ -97,6 +97,8 @@ def next_tokens(logits: torch.Tensor, config: SamplingConfig, *, seen: torch.Ten
         seen: (B, V) bool, tokens of the prompt and output so far (for the repetition penalty).
         generator: the seeded generator to draw with (on the logits' device).
     """
+    if config.greedy and (seen is None or config.repetition_penalty == 1.0):
+        return logits.argmax(dim=-1)  # the fp32 upcast cannot change which entry is largest
     scores = logits.float()
     if seen is not None:
         scores = apply_repetition_penalty(scores, seen, config.repetition_penalty)

@@ -209,7 +209,8 @@ def read_composer_checkpoint(path: str | Path) -> ComposerCheckpoint:
     tokenizer_files = {}
     for name, entry in (hf_meta.get("tokenizer") or {}).items():
         if isinstance(entry, dict) and "content" in entry:
-            tokenizer_files[name + entry.get("file_extension", "")] = entry["content"]
+            ext = entry.get("file_extension") or ""
+            tokenizer_files[name if name.endswith(ext) else name + ext] = entry["content"]
     batches = None
     ts = (state.get("timestamp") or {}).get("Timestamp")
     if isinstance(ts, dict) and "batch" in ts:

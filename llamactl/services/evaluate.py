@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ class EvalRequest:
 
     Attributes:
         model: a model folder or a run directory.
-        tasks: task names (looked up in ``task_dirs``), ``.json``/``.jsonl`` task files, or task-set YAMLs.
+        tasks: task names (looked up in ``task_dirs``, default ``$LLAMACTL_TASK_DIR``), ``.json``/``.jsonl``
+            task files, or task-set YAMLs.
         num_fewshot: shots for tasks given directly (a task-set YAML sets its own).
         data: perplexity sources: ``.txt``/``.jsonl``/``.jsonl.gz`` files or prepared MDS split folders.
         seq_len: window for both perplexity blocks and ICL prompts (default: min(2048, model context)).
@@ -154,7 +156,9 @@ def run_eval(req: EvalRequest, progress: ProgressFn | None = None) -> EvalResult
         raise UserInputError(f"--num-fewshot must be non-negative integers, got {req.num_fewshot}")
     check_model_spec(req.model)
     # Load tasks before the model, so a typo fails in a second rather than after loading weights.
-    tasks = resolve_tasks(req.tasks, [Path(d) for d in req.task_dirs], req.num_fewshot) if req.tasks else []
+    task_dirs = [Path(d) for d in req.task_dirs] or [Path(d) for d in os.environ.get("LLAMACTL_TASK_DIR", "").split(
+        os.pathsep) if d]
+    tasks = resolve_tasks(req.tasks, task_dirs, req.num_fewshot) if req.tasks else []
     for d in req.data:
         if not Path(d).expanduser().exists():
             raise DataError(f"evaluation data {d} does not exist")

@@ -119,6 +119,14 @@ def plan(config: str | Path | None = None, *, overrides: list[str] | None = None
     return plan_run(cfg, gpus=n, device_name=name)
 
 
+def _clean_stale_shared_memory() -> None:
+    """Drop shared memory that a killed run's StreamingDataset left behind; otherwise a later
+    multi-process run over the same data can wait forever for workers that no longer exist."""
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+
+
 def launch(config: str | Path | None = None, *, overrides: list[str] | None = None, gpus: int,
            run_dir: str | Path | None = None, extra_args: list[str] | None = None) -> Path:
     """Start ``gpus`` training processes with ``torchrun`` (one per GPU) on one run directory.
@@ -142,6 +150,7 @@ def launch(config: str | Path | None = None, *, overrides: list[str] | None = No
         _write_config(cfg, run)
     else:
         run = resume_dir
+    _clean_stale_shared_memory()  # once, here, before any process attaches to it
     torchrun = shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
     cmd += ["--standalone", f"--nproc_per_node={gpus}", "-m", "llamactl", "train", "--run-dir", str(run),
@@ -193,6 +202,8 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
     from llamactl.training.callbacks import plot_loss
     from llamactl.training.trainer import build_trainer
 
+    if world == 1:
+        _clean_stale_shared_memory()
     t0 = time.perf_counter()
     with _FileLog(run / ("train.log" if rank0 else f"train-rank{os.environ.get('RANK')}.log")):
         log.info("run directory %s%s", run, " (continuing)" if autoresume else "")
