@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--modes", default=None, help="ours: eager,graph,compile (GPU default all; CPU eager)")
+    ap.add_argument("--modes", default=None, help="ours: eager,graph,compile,compile-autotune (GPU default "
+                                                   "eager,graph,compile; CPU eager)")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hf-repeats", type=int, default=2, help="timed runs of transformers' generate (it is slow)")
@@ -168,7 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(("hf generate", times, None))
         for mode in modes:
             try:
-                gen = Generator(ours, mode=mode)  # type: ignore[arg-type]
+                if mode == "compile-autotune":  # Inductor also benchmarks its own matmul kernels
+                    gen = Generator(ours, mode="compile", compile_mode="max-autotune-no-cudagraphs")
+                else:
+                    gen = Generator(ours, mode=mode)  # type: ignore[arg-type]
                 sc = SamplingConfig(max_new_tokens=n, ignore_eos=True)
                 plist = prompts.tolist()
                 t0 = time.perf_counter()

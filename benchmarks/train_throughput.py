@@ -67,7 +67,7 @@ def base_config(args, data_dir: Path, runs: Path) -> dict:
         "run_name": "bench", "seed": 17, "max_seq_len": args.seq, "runs_dir": str(runs),
         "model": {"preset": args.preset},
         "tokenizer": {"name": args.tokenizer},
-        "train_loader": {"name": "text", "dataset": {"local": str(data_dir), "split": "train", "shuffle": False,
+        "train_loader": {"name": "text", "dataset": {"local": str(data_dir), "split": args.split, "shuffle": False,
                                                      "max_seq_len": args.seq}, "num_workers": 2},
         "optimizer": {"lr": 3e-4, "betas": [0.9, 0.95], "weight_decay": 0.0},
         "scheduler": {"name": "constant_with_warmup", "t_warmup": "0ba"},
@@ -176,7 +176,12 @@ def main() -> None:
     ap.add_argument("--variants", default="hf,eager,fast")
     ap.add_argument("--tokenizer", default=str(REPO / ".bench" / "llama3"),
                     help="a tokenizer folder whose vocab fits the preset")
-    ap.add_argument("--loss-check", type=int, default=0, help="also compare hf vs eager losses over N steps")
+    ap.add_argument("--loss-check", type=int, default=0, help="also compare losses over N steps (see below)")
+    ap.add_argument("--loss-check-variants", default="hf,eager",
+                    help="the variants whose N-step losses are compared with the first one's")
+    ap.add_argument("--data-dir", default=None,
+                    help="a prepared MDS folder (e.g. from `llamactl prepare-data c4`) instead of random tokens")
+    ap.add_argument("--split", default="train", help="the split of --data-dir to read")
     ap.add_argument("--extra", nargs="*", default=[], help="extra key=value overrides for every variant")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", default=None, help="profile this variant's last steps (top CUDA kernels)")
@@ -190,12 +195,17 @@ def main() -> None:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if args.single:  # child process: one variant, result as the last line of stdout
         name, steps = args.single.split(":")
-        r = run_variant(name, VARIANTS[name], args, Path(args.data), Path(args.data).parent / "runs", int(steps))
+        runs = Path(os.environ.get("LLAMACTL_BENCH_RUNS") or Path(args.data).parent / "runs")
+        r = run_variant(name, VARIANTS[name], args, Path(args.data), runs, int(steps))
         print("RESULT " + json.dumps(r), flush=True)
         return
     work = Path(tempfile.mkdtemp(prefix="llamactl-bench-"))
     samples = max(args.steps, args.loss_check) * args.micro_batch * args.accum + 64
-    data_dir = write_random_mds(work / "data", vocab=vocab, seq=args.seq, samples=samples)
+    if args.data_dir:
+        data_dir = Path(args.data_dir).resolve()
+    else:
+        args.split = "train"
+        data_dir = write_random_mds(work / "data", vocab=vocab, seq=args.seq, samples=samples)
 
     def child(name: str, steps: int) -> dict:
         """Each variant in a fresh process: Composer keeps references to a finished Trainer, so a
@@ -204,7 +214,8 @@ def main() -> None:
 
         cmd = [sys.executable, __file__, *sys.argv[1:], "--single", f"{name}:{steps}", "--data", str(data_dir)]
         env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF",
-                                                                        "expandable_segments:True")}
+                                                                        "expandable_segments:True"),
+               "LLAMACTL_BENCH_RUNS": str(work / "runs")}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         for ln in proc.stdout.splitlines():
@@ -218,20 +229,37 @@ def main() -> None:
         return json.loads(lines[-1][len("RESULT "):])
 
     results = []
-    for name in args.variants.split(","):
+    for name in [v for v in args.variants.split(",") if v]:
         r = child(name, args.steps)
         results.append(r)
         print(f"{name:>10}: {r['tokens_per_s']:>10,.0f} tok/s  MFU {r['mfu'] or 0:.1%}  "
               f"peak {r['peak_mem_gib']} GiB  ({r['wall_s']} s)", flush=True)
     loss_check = None
     if args.loss_check:
-        a = child("hf", args.loss_check)["losses"]
-        b = child("eager", args.loss_check)["losses"]
-        diffs = [abs(x - y) for x, y in zip(a, b)]
-        loss_check = {"steps": args.loss_check, "hf_first_last": [a[0], a[-1]], "llamactl_first_last": [b[0], b[-1]],
-                      "max_abs_diff": round(max(diffs), 5), "mean_abs_diff": round(statistics.mean(diffs), 5),
-                      "mean_abs_diff_last_50": round(statistics.mean(diffs[-50:]), 5)}
-        print("loss check:", json.dumps(loss_check))
+        names = args.loss_check_variants.split(",")
+        curves = {name: child(name, args.loss_check)["losses"] for name in names}
+        ref = curves[names[0]]
+        loss_check = {"steps": args.loss_check, "data": str(args.data_dir or "random tokens"), "reference": names[0],
+                      "curves": curves, "vs_reference": {}}
+        for name in names[1:]:
+            diffs = [abs(x - y) for x, y in zip(ref, curves[name])]
+            if not diffs:
+                continue
+            loss_check["vs_reference"][name] = {
+                "first_last": [curves[name][0], curves[name][-1]], "reference_first_last": [ref[0], ref[-1]],
+                "max_abs_diff": round(max(diffs), 5), "mean_abs_diff": round(statistics.mean(diffs), 5),
+                "mean_abs_diff_last_50": round(statistics.mean(diffs[-50:]), 5),
+                "mean_last_20": round(statistics.mean(curves[name][-20:]), 5),
+                "reference_mean_last_20": round(statistics.mean(ref[-20:]), 5)}
+        print("loss check:", json.dumps(loss_check["vs_reference"]), flush=True)
+    if not results:
+        out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"losscheck-{date.today()}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"card": card, "date": str(date.today()), "torch": torch.__version__,
+                                   "preset": args.preset, "seq": args.seq, "micro_batch": args.micro_batch,
+                                   "loss_check": loss_check}, indent=2))
+        print("wrote", out)
+        return
     base = results[0]["tokens_per_s"] or 1.0
     print(f"\n{card}, {args.preset}, seq {args.seq}, micro-batch {args.micro_batch}, {date.today()}")
     print(f"{'variant':>10} {'tokens/s':>12} {'MFU':>7} {'peak GiB':>9} {'vs ' + results[0]['variant']:>8}")

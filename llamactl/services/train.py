@@ -127,6 +127,29 @@ def _clean_stale_shared_memory() -> None:
     clean_stale_shared_memory()
 
 
+def _init_process_group(timeout: float) -> None:
+    """Join the process group before anything else runs in this process (Composer would do it later,
+    inside the Trainer, after the model and data loaders exist). Early, the ranks reach the
+    rendezvous together; late, on a busy CPU machine, gloo's pair set-up was seen to hang."""
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.utils import dist
+
+    from llamactl.training.trainer import on_gpu
+
+    dist.initialize_dist(DeviceGPU() if on_gpu() else DeviceCPU(), timeout=timeout)
+
+
+def _prepare_embedded_data(cfg: TrainConfig) -> None:
+    """Pack the bundled corpus once, before the processes start: otherwise one rank builds it while
+    the others wait on its lock, and they reach the process-group set-up far apart."""
+    from llamactl.data.embedded import ensure_embedded_dataset
+
+    seqs = {(s.dataset.max_seq_len or cfg.max_seq_len) for s in (cfg.train_loader, cfg.eval_loader)
+            if s is not None and s.name == "embedded"}
+    for seq in sorted(seqs):
+        ensure_embedded_dataset(Path(cfg.data_root), seq_len=seq)
+
+
 def launch(config: str | Path | None = None, *, overrides: list[str] | None = None, gpus: int,
            run_dir: str | Path | None = None, extra_args: list[str] | None = None) -> Path:
     """Start ``gpus`` training processes with ``torchrun`` (one per GPU) on one run directory.
@@ -151,6 +174,7 @@ def launch(config: str | Path | None = None, *, overrides: list[str] | None = No
     else:
         run = resume_dir
     _clean_stale_shared_memory()  # once, here, before any process attaches to it
+    _prepare_embedded_data(cfg)
     torchrun = shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
     cmd += ["--standalone", f"--nproc_per_node={gpus}", "-m", "llamactl", "train", "--run-dir", str(run),
@@ -204,6 +228,8 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
 
     if world == 1:
         _clean_stale_shared_memory()
+    else:
+        _init_process_group(cfg.dist_timeout)
     t0 = time.perf_counter()
     with _FileLog(run / ("train.log" if rank0 else f"train-rank{os.environ.get('RANK')}.log")):
         log.info("run directory %s%s", run, " (continuing)" if autoresume else "")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -208,6 +209,32 @@ def compile_model(module: torch.nn.Module, how: bool | str) -> None:
         module.compile()
 
 
+def fsdp_parallelism(fsdp_config: dict[str, Any] | None, *, gpu: bool) -> dict[str, Any] | None:
+    """Composer's ``parallelism_config`` for ``fsdp_config``, choosing the FSDP implementation.
+
+    ``fsdp_config.version`` (a llamactl key, default 2) picks PyTorch's FSDP2 (``fully_shard``,
+    per-parameter DTensor sharding; what Composer runs when ``FSDP_VERSION=2``) or the older FSDP1
+    (flat parameters). The rest of the section goes to Composer unchanged; FSDP2 accepts
+    ``state_dict_type`` (``sharded`` by default: one ``__<rank>_0.distcp`` file per process),
+    ``reshard_after_forward``, ``mixed_precision``, ``activation_checkpointing``, and ignores
+    FSDP1-only keys such as ``sharding_strategy`` with a warning. FSDP2 also runs on CPU
+    processes (gloo), which is how the test suite checks sharded checkpoints; FSDP1 needs GPUs.
+    """
+    if not fsdp_config:
+        return None
+    section = dict(fsdp_config)
+    version = section.pop("version", 2)
+    if version not in (1, 2, "1", "2"):
+        raise ConfigError(f"fsdp_config.version must be 1 or 2, got {version!r}")
+    version = int(version)
+    if version == 1 and not gpu:
+        raise ConfigError("fsdp_config.version=1 (FSDP1) needs GPUs; use version 2 or remove fsdp_config "
+                          "to train on the CPU")
+    # Composer reads the choice from the environment when it parses the config (in this process).
+    os.environ["FSDP_VERSION"] = str(version)
+    return {"fsdp": section}
+
+
 def _duration_batches(text: str) -> int | None:
     return int(float(text[:-2])) if text.endswith("ba") else None
 
@@ -308,9 +335,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
         flops_per_token -= 2.0 * n
     log_every = _duration_batches(cfg.log_interval) or 1
     recorder = RunRecorder(run_dir, log_every=log_every, on_event=on_event, flops_per_token=flops_per_token)
-    parallelism = {"fsdp": dict(cfg.fsdp_config)} if cfg.fsdp_config else None
-    if parallelism and not gpu:
-        raise ConfigError("fsdp_config needs GPUs; remove it to train on the CPU")
+    parallelism = fsdp_parallelism(cfg.fsdp_config, gpu=gpu)
     save_folder = cfg.save_folder or str(run_dir / "checkpoints")
     try:
         trainer = Trainer(
