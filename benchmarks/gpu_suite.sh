@@ -86,6 +86,33 @@ elif [ "$PHASE" = fsdp ]; then
   echo "fsdp2 exit $?" >> "$OUT/fsdp2.log"
   bundle
   tail -n 6 "$OUT"/fsdp*.log
+elif [ "$PHASE" = two ]; then  # a 2-GPU host: pick the FSDP set-up that trains, 2-GPU run + resume, 1-GPU baseline
+  prep || exit 1
+  D=(--yaml "$REPO/yamls/llama3-1b-c4.yaml" "variables.tokenizer_name=$TOK" --data-root "$W" --duration 3ba
+     --no-sample eval_loader=null global_train_batch_size=4 device_train_microbatch_size=2 --save-interval 100ba)
+  X=
+  for cand in fsdp_config.mixed_precision=FULL fsdp_config.version=1; do
+    name=${cand//[^a-zA-Z0-9]/-}
+    timeout 120 $PY -m llamactl train "${D[@]}" --gpus 2 --runs-dir "$W/diag-$name" "$cand" > "$OUT/diag-$name.log" 2>&1
+    rc=$?; echo "diag $cand exit $rc" | tee -a "$OUT/diag-$name.log"
+    [ $rc = 0 ] && { X=$cand; break; }
+  done
+  [ -n "$X" ] || exit 1
+  FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3 --save-interval 15ba --no-sample "$X")
+  timeout 200 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/fsdp2" --duration 30ba "${FS[@]}" \
+      global_train_batch_size=8 device_train_microbatch_size=4 > "$OUT/fsdp2.log" 2>&1
+  echo "fsdp2 exit $?" >> "$OUT/fsdp2.log"
+  R2=$(ls -d "$W"/fsdp2/*/ | head -1)
+  timeout 170 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/fsdp2-resume" --duration 30ba "${FS[@]}" \
+      global_train_batch_size=8 device_train_microbatch_size=4 "load_path=${R2}checkpoints/ep0-ba15" \
+      > "$OUT/fsdp2-resume.log" 2>&1
+  echo "fsdp2-resume exit $?" >> "$OUT/fsdp2-resume.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 $PY -m llamactl train "${C4[@]}" --runs-dir "$W/one" --duration 30ba \
+      --save-interval 1000ba global_train_batch_size=4 device_train_microbatch_size=4 save_weights_only=true \
+      --no-sample eval_loader=null > "$OUT/one.log" 2>&1
+  echo "one exit $?" >> "$OUT/one.log"
+  bundle
+  tail -n 3 "$OUT"/*.log
 elif [ "$PHASE" = diag ]; then  # which FSDP set-up trains our model: 3 steps each, two 2-GPU runs at a time
   prep || exit 1
   D=(--yaml "$REPO/yamls/llama3-1b-c4.yaml" "variables.tokenizer_name=$TOK" --data-root "$W" --duration 3ba
