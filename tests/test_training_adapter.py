@@ -105,3 +105,20 @@ def test_eval_metrics_and_flops():
     assert int(out["tokens"]) == 31 - 9
     cfg = llama.config
     assert model.flops_per_batch(batch) == cfg.flops_per_token(32) * 32
+
+
+def test_the_inner_model_is_registered_once():
+    """Every weight appears once in the Composer model's state (and so in checkpoints): a module
+    registered under two names is saved twice and is sharded twice by FSDP."""
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    inner = Llama(cfg)
+    model = LlamactlComposerModel(inner)
+    keys = list(model.state_dict())
+    assert keys and all(k.startswith("model.") for k in keys), sorted({k.split(".")[0] for k in keys})
+    assert len(keys) == len(inner.state_dict())
+    assert model.llama is inner
+    assert sum(1 for m in model.modules() if m is inner) == 1
+    lora = LlamactlComposerModel(Llama(cfg), peft_config={"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                           "target_modules": ["q_proj"]})
+    assert isinstance(lora.llama, Llama)

@@ -110,8 +110,22 @@ class LlamactlComposerModel(HuggingFaceModel):
         # Composer reads an HF PretrainedConfig (checkpoint metadata, use_return_dict); ours is a
         # dataclass, so supply the equivalent transformers config.
         self.config = hf_config if hf_config is not None else to_transformers_config(model.config)
-        self.llama = model  # the bare inner model, also when PEFT-wrapped
         self.model_forward_args = set(_FORWARD_KEYS)
+
+    @property
+    def llama(self) -> Llama:
+        """The bare inner model, also when PEFT-wrapped or FSDP1-wrapped.
+
+        Deliberately not a second attribute holding the module: a module registered under two
+        names appears twice in ``state_dict()`` (checkpoints twice the size) and FSDP shards it
+        along both paths — FSDP2 then faulted with an illegal memory access in backward and FSDP1
+        wrote sharded checkpoints it could not load back (seen on 2×H200).
+        """
+        m = self.model
+        m = getattr(m, "module", m)  # FSDP1's wrapper
+        if self.using_peft:
+            m = m.get_base_model()
+        return m
 
     # ---------------------------------------------------------------- forward / loss
     def forward(self, batch: dict[str, Any]) -> LlamaOutput:
