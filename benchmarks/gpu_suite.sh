@@ -7,7 +7,8 @@
 #       GPU2  200-step loss check: HF vs llamactl eager vs llamactl fastest, same weights and C4 data
 #       GPU3  benchmarks/train_throughput.py hf/eager/fast-layers at micro-batch 4 (+ profile), then mb 8
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus 4` (FSDP2, sharded checkpoints) 30
-#       steps, the same resumed from its step-15 checkpoint, then `--gpus 2`
+#       steps, the same resumed from its step-15 checkpoint, then `--gpus 2`, then one GPU (baseline)
+#   bash benchmarks/gpu_suite.sh two      # the same on a 2-GPU host (first finds an FSDP set-up that trains)
 #
 # Needs: a tokenizer folder at .bench/llama3 and a C4-layout folder at .bench/c4 (en/*.json.gz).
 # Results go to $OUT (or /tmp/llamactl-suite/out): JSON from the benchmarks, logs, and one tarball
@@ -84,8 +85,13 @@ elif [ "$PHASE" = fsdp ]; then
   timeout 170 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/fsdp2" --duration 30ba "${FS[@]}" \
       global_train_batch_size=8 device_train_microbatch_size=4 > "$OUT/fsdp2.log" 2>&1
   echo "fsdp2 exit $?" >> "$OUT/fsdp2.log"
+  # the 1-GPU baseline of the same options on this host, for the scaling efficiency
+  CUDA_VISIBLE_DEVICES=0 timeout 150 $PY -m llamactl train "${C4[@]}" --runs-dir "$W/one" --duration 30ba \
+      --save-interval 1000ba global_train_batch_size=4 device_train_microbatch_size=4 save_weights_only=true \
+      --no-sample eval_loader=null > "$OUT/one.log" 2>&1
+  echo "one exit $?" >> "$OUT/one.log"
   bundle
-  tail -n 6 "$OUT"/fsdp*.log
+  tail -n 6 "$OUT"/fsdp*.log "$OUT/one.log"
 elif [ "$PHASE" = two ]; then  # a 2-GPU host: pick the FSDP set-up that trains, 2-GPU run + resume, 1-GPU baseline
   prep || exit 1
   D=(--yaml "$REPO/yamls/llama3-1b-c4.yaml" "variables.tokenizer_name=$TOK" --data-root "$W" --duration 3ba
