@@ -119,21 +119,4 @@ elif [ "$PHASE" = two ]; then  # a 2-GPU host: pick the FSDP set-up that trains,
   echo "one exit $?" >> "$OUT/one.log"
   bundle
   tail -n 3 "$OUT"/*.log
-elif [ "$PHASE" = diag ]; then  # which FSDP set-up trains our model: 3 steps each, two 2-GPU runs at a time
-  prep || exit 1
-  D=(--yaml "$REPO/yamls/llama3-1b-c4.yaml" "variables.tokenizer_name=$TOK" --data-root "$W" --duration 3ba
-     --no-sample eval_loader=null global_train_batch_size=4 device_train_microbatch_size=2 --save-interval 100ba)
-  diag() {  # name gpus overrides...
-    local name=$1 gpus=$2; shift 2
-    CUDA_VISIBLE_DEVICES=$gpus timeout 150 $PY -m llamactl train "${D[@]}" --gpus 2 --runs-dir "$W/diag-$name" "$@" \
-      > "$OUT/diag-$name.log" 2>&1
-    echo "diag $name exit $?" >> "$OUT/diag-$name.log"
-  }
-  diag fsdp2-full 0,1 fsdp_config.mixed_precision=FULL &
-  diag fsdp1 2,3 fsdp_config.version=1 &
-  wait
-  diag fsdp2-hf 0,1 model.impl=hf model.compile=false &
-  diag fsdp2-noreshard 2,3 fsdp_config.reshard_after_forward=false &
-  wait
-  grep -h "diag .* exit" "$OUT"/diag-*.log
 fi
