@@ -6,9 +6,9 @@
 #       GPU1  benchmarks/generate.py (HF vs our decode modes, batch 1 and 8) + the gpu-marked tests
 #       GPU2  200-step loss check: HF vs llamactl eager vs llamactl fastest, same weights and C4 data
 #       GPU3  benchmarks/train_throughput.py hf/eager/fast-layers at micro-batch 4 (+ profile), then mb 8
-#   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus 4` (FSDP2, sharded checkpoints) 30
-#       steps, the same resumed from its step-15 checkpoint, then `--gpus 2`, then one GPU (baseline)
-#   bash benchmarks/gpu_suite.sh two      # the same on a 2-GPU host (first finds an FSDP set-up that trains)
+#   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
+#       sharded checkpoints) 30 steps, the same resumed from its step-15 checkpoint, `--gpus 2` when
+#       N > 2, then one GPU with the same options (the scaling baseline); ~8 minutes on 4 GPUs
 #
 # Needs: a tokenizer folder at .bench/llama3 and a C4-layout folder at .bench/c4 (en/*.json.gz).
 # Results go to $OUT (or /tmp/llamactl-suite/out): JSON from the benchmarks, logs, and one tarball
@@ -65,58 +65,29 @@ if [ "$PHASE" = single ]; then
   tail -n 4 "$OUT"/*.log
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
+  N=$(nvidia-smi -L | wc -l)
   FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3 --save-interval 15ba --no-sample
       ${FSDP_EXTRA:-})
-  timeout 200 $PY -m llamactl train "${C4[@]}" --gpus 4 --runs-dir "$W/fsdp4" --duration 30ba "${FS[@]}" \
-      global_train_batch_size=16 device_train_microbatch_size=4 > "$OUT/fsdp4.log" 2>&1
-  rc=$?; echo "fsdp4 exit $rc" >> "$OUT/fsdp4.log"
-  if [ $rc != 0 ]; then  # fall back to the plain options once, so the scaling is measured at all
+  run_fsdp() {  # NAME GPUS [overrides...]: 30 steps, micro-batch 4 per GPU, sharded saves at steps 15 and 30
+    local name=$1 n=$2; shift 2
+    timeout 200 $PY -m llamactl train "${C4[@]}" --gpus "$n" --runs-dir "$W/$name" --duration 30ba "${FS[@]}" \
+        global_train_batch_size=$((4 * n)) device_train_microbatch_size=4 "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?; echo "$name exit $rc" >> "$OUT/$name.log"; return $rc
+  }
+  if ! run_fsdp "fsdp$N" "$N"; then  # once more with FSDP1 and the plain options, so scaling is measured at all
     C4+=(model.compile=false model.attn_backend=auto optimizer.name=decoupled_adamw)
-    rm -rf "$W/fsdp4"
-    timeout 150 $PY -m llamactl train "${C4[@]}" --gpus 4 --runs-dir "$W/fsdp4" --duration 30ba "${FS[@]}" \
-        global_train_batch_size=16 device_train_microbatch_size=4 > "$OUT/fsdp4-plain.log" 2>&1
-    echo "fsdp4-plain exit $?" >> "$OUT/fsdp4-plain.log"
+    FS+=(fsdp_config.version=1)
+    mv "$W/fsdp$N" "$W/fsdp$N-failed"
+    run_fsdp "fsdp$N" "$N"
   fi
-  R4=$(ls -d "$W"/fsdp4/*/ | head -1)
-  timeout 170 $PY -m llamactl train "${C4[@]}" --gpus 4 --runs-dir "$W/fsdp4-resume" --duration 30ba "${FS[@]}" \
-      global_train_batch_size=16 device_train_microbatch_size=4 "load_path=${R4}checkpoints/ep0-ba15" \
-      > "$OUT/fsdp4-resume.log" 2>&1
-  echo "fsdp4-resume exit $?" >> "$OUT/fsdp4-resume.log"
-  timeout 170 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/fsdp2" --duration 30ba "${FS[@]}" \
-      global_train_batch_size=8 device_train_microbatch_size=4 > "$OUT/fsdp2.log" 2>&1
-  echo "fsdp2 exit $?" >> "$OUT/fsdp2.log"
+  R=$(ls -d "$W/fsdp$N"/*/ | head -1)
+  run_fsdp "fsdp$N-resume" "$N" "load_path=${R}checkpoints/ep0-ba15"
+  [ "$N" -gt 2 ] && run_fsdp fsdp2 2
   # the 1-GPU baseline of the same options on this host, for the scaling efficiency
   CUDA_VISIBLE_DEVICES=0 timeout 150 $PY -m llamactl train "${C4[@]}" --runs-dir "$W/one" --duration 30ba \
       --save-interval 1000ba global_train_batch_size=4 device_train_microbatch_size=4 save_weights_only=true \
       --no-sample eval_loader=null > "$OUT/one.log" 2>&1
   echo "one exit $?" >> "$OUT/one.log"
   bundle
-  tail -n 6 "$OUT"/fsdp*.log "$OUT/one.log"
-elif [ "$PHASE" = two ]; then  # a 2-GPU host: pick the FSDP set-up that trains, 2-GPU run + resume, 1-GPU baseline
-  prep || exit 1
-  D=(--yaml "$REPO/yamls/llama3-1b-c4.yaml" "variables.tokenizer_name=$TOK" --data-root "$W" --duration 3ba
-     --no-sample eval_loader=null global_train_batch_size=4 device_train_microbatch_size=2 --save-interval 100ba)
-  X=
-  for cand in fsdp_config.mixed_precision=FULL fsdp_config.version=1; do
-    name=${cand//[^a-zA-Z0-9]/-}
-    timeout 120 $PY -m llamactl train "${D[@]}" --gpus 2 --runs-dir "$W/diag-$name" "$cand" > "$OUT/diag-$name.log" 2>&1
-    rc=$?; echo "diag $cand exit $rc" | tee -a "$OUT/diag-$name.log"
-    [ $rc = 0 ] && { X=$cand; break; }
-  done
-  [ -n "$X" ] || exit 1
-  FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3 --save-interval 15ba --no-sample "$X")
-  timeout 200 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/fsdp2" --duration 30ba "${FS[@]}" \
-      global_train_batch_size=8 device_train_microbatch_size=4 > "$OUT/fsdp2.log" 2>&1
-  echo "fsdp2 exit $?" >> "$OUT/fsdp2.log"
-  R2=$(ls -d "$W"/fsdp2/*/ | head -1)
-  timeout 170 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/fsdp2-resume" --duration 30ba "${FS[@]}" \
-      global_train_batch_size=8 device_train_microbatch_size=4 "load_path=${R2}checkpoints/ep0-ba15" \
-      > "$OUT/fsdp2-resume.log" 2>&1
-  echo "fsdp2-resume exit $?" >> "$OUT/fsdp2-resume.log"
-  CUDA_VISIBLE_DEVICES=0 timeout 150 $PY -m llamactl train "${C4[@]}" --runs-dir "$W/one" --duration 30ba \
-      --save-interval 1000ba global_train_batch_size=4 device_train_microbatch_size=4 save_weights_only=true \
-      --no-sample eval_loader=null > "$OUT/one.log" 2>&1
-  echo "one exit $?" >> "$OUT/one.log"
-  bundle
-  tail -n 3 "$OUT"/*.log
+  tail -n 3 "$OUT"/fsdp*.log "$OUT/one.log"
 fi
