@@ -122,3 +122,20 @@ def test_the_inner_model_is_registered_once():
     lora = LlamactlComposerModel(Llama(cfg), peft_config={"peft_type": "LORA", "r": 2, "lora_alpha": 4,
                                                            "target_modules": ["q_proj"]})
     assert isinstance(lora.llama, Llama)
+
+
+def test_lora_only_bias_is_refused_where_checkpoints_would_lose_it():
+    import pytest
+
+    from llamactl.errors import ConfigError
+    from llamactl.training.adapter import check_lora_bias
+
+    peft = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "lora_only"}
+    with_bias = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    with pytest.raises(ConfigError, match="bias: all"):
+        check_lora_bias(Llama(with_bias), peft)
+    no_bias = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, num_key_value_heads=2)
+    check_lora_bias(Llama(no_bias), peft)  # nothing to lose: allowed
+    check_lora_bias(Llama(with_bias), {**peft, "bias": "all"})

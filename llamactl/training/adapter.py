@@ -61,6 +61,15 @@ def count_targets(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
+def check_lora_bias(model: Llama, peft_config: dict[str, Any]) -> None:
+    """Refuse ``bias: lora_only`` on a model with biases: Composer's adapter-only checkpoints keep
+    the LoRA matrices but not those biases, so the run would end with a checkpoint that cannot be
+    turned back into the trained model (export refuses it; better to say so before training)."""
+    if peft_config.get("bias") == "lora_only" and (model.config.attention_bias or model.config.mlp_bias):
+        raise ConfigError("peft_config.bias=lora_only: Composer's adapter-only checkpoints do not save the biases "
+                          "it trains, so they would be lost; use bias: all (saved) or bias: none")
+
+
 def apply_lora(model: Llama, peft_config: dict[str, Any]):
     """Wrap ``model`` in a PEFT ``PeftModel`` with LoRA on the named HF modules.
 

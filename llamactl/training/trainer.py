@@ -249,7 +249,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
     from composer.utils import dist
 
     from llamactl.training.adapter import (LlamactlComposerModel, TokenCrossEntropy, TokenPerplexity,
-                                           activation_checkpointing_fn, fsdp_wrap_fn)
+                                           activation_checkpointing_fn, check_lora_bias, fsdp_wrap_fn)
     from llamactl.training.callbacks import RunRecorder
     from llamactl.training.optim import build_optimizer, build_scheduler
 
@@ -302,6 +302,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
                                           eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity()])
         train_module = hf
     else:
+        if lora:
+            check_lora_bias(llama, lora)
         composer_model = LlamactlComposerModel(llama, tokenizer=tokenizer, peft_config=lora)
         train_module = llama
     compile_model(train_module, cfg.model.compile)
