@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -47,6 +48,27 @@ class SplitTarget:
     max_samples: int | None
     fingerprint: str
     source: str = ""
+
+
+@contextmanager
+def _split_writers(data_dir: str | Path, targets: list[SplitTarget], columns: dict[str, str],
+                   compression: str | None, writers: dict[str, SplitWriter], records: dict[str, SplitRecord],
+                   commit: Callable[[str], None]) -> Iterator[None]:
+    """Open a writer per split into ``writers``; when the body ends, ``commit`` every split not yet
+    in ``records``; on any error (a failed commit too), abort the uncommitted ones, so no
+    half-written split is left behind."""
+    try:
+        for t in targets:
+            writers[t.name] = SplitWriter(data_dir, t.name, columns, compression=compression)
+        yield
+        for t in targets:
+            if t.name not in records:
+                commit(t.name)
+    except BaseException:
+        for name, w in writers.items():
+            if name not in records:
+                w.abort()
+        raise
 
 
 def pack_lm_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets: list[SplitTarget],
@@ -104,9 +126,7 @@ def pack_lm_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets
         report(name, done=True)
         log.info("split %s: %d samples of %d tokens from %d documents", name, w.num_samples, seq_len, p.docs)
 
-    try:
-        for t in targets:
-            writers[t.name] = SplitWriter(data_dir, t.name, columns, compression=compression)
+    with _split_writers(data_dir, targets, columns, compression, writers, records, commit):
         for enc in encode_stream(batches, spec, workers=workers, should_stop=all_full):
             name = enc.split
             if name not in by_name or name in records:
@@ -121,14 +141,6 @@ def pack_lm_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], targets
                 report(name)
             if all_full():
                 break
-        for t in targets:
-            if t.name not in records:
-                commit(t.name)
-    except BaseException:
-        for name, w in writers.items():
-            if name not in records:
-                w.abort()
-        raise
     return records
 
 
@@ -191,9 +203,7 @@ def pack_sft_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], target
     def all_done() -> bool:
         return all(n in records or full(n) for n in by_name)
 
-    try:
-        for t in targets:
-            writers[t.name] = SplitWriter(data_dir, t.name, columns, compression=compression)
+    with _split_writers(data_dir, targets, columns, compression, writers, records, commit):
         rendered = (sft.render_batch(tok, spec, b) for b in batches)  # chat templates: parent process
         backend_json = tok._tokenizer.to_str()
         if workers <= 1:
@@ -216,14 +226,6 @@ def pack_sft_splits(*, data_dir: str | Path, batches: Iterable[RawBatch], target
                 report(name)
             if all_done():
                 break
-        for t in targets:
-            if t.name not in records:
-                commit(t.name)
-    except BaseException:
-        for name, w in writers.items():
-            if name not in records:
-                w.abort()
-        raise
     return records
 
 
