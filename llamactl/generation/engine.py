@@ -11,9 +11,9 @@ memory-bandwidth bound there). So the decode step has static shapes and static b
 either captured once into a CUDA graph and replayed (``mode="graph"``), or first compiled with
 ``torch.compile`` — Inductor fuses each RMSNorm, rotary embedding, SwiGLU product and residual add
 into single kernels, roughly 45 kernels per layer down to 15 — and then captured the same way
-(``mode="compile"``). The capture is ours rather than ``reduce-overhead``'s
-CUDA-graph trees, whose per-replay bookkeeping costs host time on every token. On the CPU the step
-runs eagerly (or compiled, without a graph).
+(``mode="compile"``). The capture is ours rather than ``reduce-overhead``'s CUDA-graph trees,
+so both modes replay one graph per token the same way (the two styles were not compared). On the
+CPU the step runs eagerly (or compiled, without a graph).
 """
 
 from __future__ import annotations
