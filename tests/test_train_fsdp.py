@@ -28,6 +28,16 @@ def test_fsdp2_sharded_checkpoint_resumes_with_the_same_losses(tmp_path):
         "a sharded checkpoint holds one file per rank"
     assert json.loads((run / "summary.json").read_text())["tokens"] == 8 * 8 * 256
 
+    # sharding changes where the weights live, not what is computed: DDP on the same batches agrees
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    plain = [a for a in COMMON if not a.startswith(("fsdp_config", "save_num"))]
+    r = cli("train", "--yaml", tiny, *plain, "--data-root", data, "--runs-dir", str(ddp / "runs"), cwd=ddp)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run_ddp,) = run_dirs(ddp)
+    for (s1, a), (s2, b) in zip(reference, losses(run_ddp), strict=True):
+        assert s1 == s2 and abs(a - b) <= 1e-4, (s1, a, b)
+
     # a new run that loads the step-4 sharded checkpoint (weights, optimizer, data position)
     again = tmp_path / "again"
     again.mkdir()
