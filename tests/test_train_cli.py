@@ -235,3 +235,13 @@ def test_usage_errors_are_one_line_and_bare_command_shows_help(tmp_path):
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = cli(cwd=tmp_path)
     assert r.returncode == 0 and "prepare-data" in r.stdout and not r.stderr.strip()
+
+
+def test_dry_run_speed_follows_the_measured_micro_batch_points():
+    from llamactl.training.plan import MEASURED_MFU, expected_mfu
+
+    points = MEASURED_MFU[("custom", True)]
+    assert expected_mfu("custom", True, 4) == points[4] and expected_mfu("custom", True, 8) == points[8]
+    assert points[4] < expected_mfu("custom", True, 6) < points[8]
+    assert expected_mfu("custom", True, 1) == points[4] and expected_mfu("custom", True, 32) == points[8]
+    assert expected_mfu("hf", False, 8) == MEASURED_MFU[("hf", False)][4]

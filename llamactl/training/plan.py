@@ -16,8 +16,26 @@ from llamactl.model.config import LlamaConfig
 
 GIB = 1024**3
 
-# MFU measured through the real train path (H200, 1B shape, seq 2048, micro-batch 4, 2026-11-27).
-MEASURED_MFU = {("custom", True): 0.429, ("custom", False): 0.309, ("hf", False): 0.318, ("hf", True): 0.40}
+# MFU measured through the real train path (H200, 1B shape, seq 2048; docs/performance.md), per
+# micro-batch: (impl, compiled) -> {micro-batch: MFU}. Larger micro-batches keep the GPU busier.
+MEASURED_MFU = {
+    ("custom", True): {4: 0.429, 8: 0.470},   # compiled layers + cuDNN + fused AdamW (2026-11-27/28)
+    ("custom", False): {4: 0.309, 8: 0.347},  # eager (2026-11-27)
+    ("hf", False): {4: 0.318},
+    ("hf", True): {4: 0.40},
+}
+
+
+def expected_mfu(impl: str, compiled: bool, micro_batch: int) -> float:
+    """MFU for a micro-batch from the measured points: the nearest one outside their range,
+    linear between two."""
+    points = sorted(MEASURED_MFU.get((impl, compiled), {4: 0.3}).items())
+    if micro_batch <= points[0][0]:
+        return points[0][1]
+    for (m0, v0), (m1, v1) in zip(points, points[1:]):
+        if micro_batch <= m1:
+            return v0 + (v1 - v0) * (micro_batch - m0) / (m1 - m0)
+    return points[-1][1]
 # Saved activations relative to the plain per-token formula below (fit to the same measurements:
 # eager 40.8 GiB, compiled layers 34.8 GiB at micro-batch 4).
 ACT_FACTOR = {False: 1.2, True: 0.85}
@@ -108,7 +126,7 @@ def plan_run(cfg: TrainConfig, *, gpus: int = 1, device_name: str | None = None)
     peak = peak_flops(device_name)
     mfu = tps = wall = None
     if peak:
-        mfu = MEASURED_MFU.get((cfg.model.impl, compiled), 0.3)
+        mfu = expected_mfu(cfg.model.impl, compiled, cfg.device_train_microbatch_size)
         tps = mfu * peak * gpus / flops_tok
         if steps:
             wall = steps * cfg.global_train_batch_size * seq / tps
