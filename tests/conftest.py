@@ -50,3 +50,26 @@ def smollm2_dir() -> Path:
             shutil.rmtree(folder)
         gguf_to_hf_folder(gguf, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, shared_data) -> Path:
+    """A random tiny Llama saved as an HF folder, with the SmolLM2 tokenizer and chat template
+    (the eval and generate CLI tests)."""
+    import shutil
+
+    import torch
+
+    from llamactl.interop.checkpoint import save_hf_folder
+    from llamactl.model.llama import Llama
+    from llamactl.model.presets import preset
+
+    cfg = preset("tiny", vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    model = Llama(cfg)
+    model.init_weights(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    save_hf_folder(model, folder)
+    for f in (shared_data / "tokenizers" / "smollm2").iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder

@@ -5,30 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import pytest
 
-from llamactl.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, shared_data):
-    import torch
-
-    from llamactl.interop.checkpoint import save_hf_folder
-    from llamactl.model.llama import Llama
-    from llamactl.model.presets import preset
-
-    cfg = preset("tiny", vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    model = Llama(cfg)
-    model.init_weights(0)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    save_hf_folder(model, folder)
-    for f in (shared_data / "tokenizers" / "smollm2").iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+from cli_support import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +24,6 @@ def files(tmp_path_factory):
     (d / "set.yaml").write_text("icl_tasks:\n- label: counting\n  dataset_uri: count.jsonl\n  num_fewshot: [0, 2]\n"
                                 "  icl_task_type: multiple_choice\n  continuation_delimiter: ' Answer: '\n")
     return d
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_eval_prints_a_table_and_writes_results(tiny_dir, files, tmp_path, capsys):

@@ -13,39 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from llamactl.cli import main
+from cli_support import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, shared_data):
-    """A random tiny Llama saved as an HF folder, with the SmolLM2 tokenizer and chat template."""
-    import torch
-
-    from llamactl.interop.checkpoint import save_hf_folder
-    from llamactl.model.llama import Llama
-    from llamactl.model.presets import preset
-
-    cfg = preset("tiny", vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    model = Llama(cfg)
-    model.init_weights(0)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    save_hf_folder(model, folder)
-    for f in (shared_data / "tokenizers" / "smollm2").iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_generate_streams_the_completion_and_ends_with_a_stats_line(tiny_dir, capsys):
