@@ -107,6 +107,19 @@ def _classify_dir(path: Path, spec: str) -> SourceKind:
                              f"adapter_config.json (PEFT adapter) or config.yaml (llamactl run)")
 
 
+def check_model_spec(spec: str | Path) -> None:
+    """Fail fast, reading and fetching nothing, when ``spec`` can name no model: not an existing
+    path, and not a hub id (or a name from ``llamactl models list``, which has the same shape)."""
+    text = str(spec).strip()
+    if not text:
+        raise ModelNotFoundError("no model given; pass an HF folder, a hub id, a .gguf file or a run directory")
+    if Path(text).expanduser().exists():
+        return
+    if _looks_like_path(text) or not _HUB_ID.match(text):
+        raise ModelNotFoundError(f"model {text!r} not found: give a model folder, a hub id (org/name), "
+                                 f"a .gguf file or a run directory")
+
+
 def resolve_model_source(spec: str | Path, *, revision: str | None = None, download: bool = True) -> ModelSource:
     """Resolve a model argument to a local :class:`ModelSource` (downloading or dequantising if needed).
 
@@ -119,9 +132,8 @@ def resolve_model_source(spec: str | Path, *, revision: str | None = None, downl
     Raises:
         ModelNotFoundError: nothing usable at ``spec`` (the message says what was expected).
     """
+    check_model_spec(spec)
     text = str(spec).strip()
-    if not text:
-        raise ModelNotFoundError("no model given; pass an HF folder, a hub id, a .gguf file or a run directory")
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix == ".gguf":
@@ -139,8 +151,6 @@ def resolve_model_source(spec: str | Path, *, revision: str | None = None, downl
         if not (folder / "config.json").is_file():
             raise ModelNotFoundError(f"{text} is not imported yet; run `llamactl models import {text.lower()}`")
         return ModelSource(text, "hf_folder", folder)
-    if _looks_like_path(text) or not _HUB_ID.match(text):
-        raise ModelNotFoundError(f"model {text} not found: no such file or folder (and not a hub id like org/name)")
     repo_id, _, rev = text.partition("@")
     return ModelSource(text, "hub", hub_download(repo_id, revision=revision or rev or None, download=download),
                        hub_id=repo_id)
@@ -351,15 +361,15 @@ def run_tokenizer_dir(art: RunArtifacts) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------- loading
-def model_config(spec: str | Path, *, base: str | Path | None = None):
+def model_config(spec: str | Path, *, base: str | Path | None = None, source=None):
     """The architecture (our ``LlamaConfig``) of any source, without reading its weights:
     ``config.json`` of folders, the base's config for adapters and LoRA runs, the stored config
-    of full-training checkpoints."""
+    of full-training checkpoints. ``source``: ``spec`` already resolved by the caller."""
     import json as _json
 
     from llamactl.interop.checkpoint import read_hf_config
 
-    src = resolve_model_source(spec)
+    src = source if source is not None else resolve_model_source(spec)
     if src.kind in ("hf_folder", "hub", "gguf"):
         return read_hf_config(src.path)
     if src.kind == "peft_adapter":

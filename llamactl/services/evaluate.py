@@ -147,8 +147,8 @@ def run_eval(req: EvalRequest, progress: ProgressFn | None = None) -> EvalResult
     """Evaluate ``req.model`` on the requested tasks and perplexity sources."""
     from llamactl.evaluation.icl import evaluate_task
     from llamactl.evaluation.tasks import resolve_tasks
-    from llamactl.services.inference_model import (check_model_spec, eval_output_dir, load_inference_model,
-                                                   timestamp)
+    from llamactl.interop.sources import check_model_spec
+    from llamactl.services.inference_model import eval_output_dir, load_inference_model, timestamp
 
     if not req.tasks and not req.data:
         raise UserInputError("nothing to evaluate: pass --tasks (ICL tasks) and/or --data (perplexity text)")

@@ -58,18 +58,6 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return parse_dtype(dtype)  # type: ignore[return-value]
 
 
-def check_model_spec(spec: str) -> None:
-    """Fail fast (before reading tasks or data) when MODEL is neither a local path nor a hub id."""
-    from llamactl.interop.sources import _HUB_ID, _looks_like_path
-
-    text = str(spec).strip()
-    if Path(text).expanduser().exists():
-        return
-    if not text or _looks_like_path(text) or not _HUB_ID.match(text):
-        raise ModelNotFoundError(f"model {text!r} not found: give a model folder, a hub id (org/name), "
-                                 f"a .gguf file or a run directory")
-
-
 def _run_dir_of(source: Any) -> Path | None:
     """The run directory a run / checkpoint source belongs to (where its evals go)."""
     if source.kind not in ("run", "checkpoint"):
@@ -108,7 +96,6 @@ def load_inference_model(spec: str, *, dtype: str | None = None, device: str | N
     """
     from llamactl.interop.sources import load_model
 
-    check_model_spec(spec)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     loaded = load_model(spec, dtype=dt, device=dev)

@@ -63,7 +63,8 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
                 from llamactl.interop.sources import model_config as source_config
 
                 source = resolve_model_source(m.pretrained_model_name_or_path)
-                config = source_config(m.pretrained_model_name_or_path).replace(**m.config_overrides)
+                config = source_config(m.pretrained_model_name_or_path, source=source)
+                config = config.replace(**m.config_overrides)
                 model, tok_dir = Llama(config), source.tokenizer_dir
                 model.init_weights(seed=seed)
             return model, (str(tok_dir) if tok_dir else None)
