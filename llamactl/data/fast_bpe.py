@@ -16,7 +16,7 @@ for those we build the equivalent :class:`tiktoken.Encoding` from the file itsel
 Structural equality is not proof (tiktoken may merge a pair that spells a vocabulary token the
 merge list never builds that way), so every run keeps checking: each worker re-tokenizes a sample
 of documents with Hugging Face ``tokenizers`` and raises :class:`EngineMismatch` on any difference;
-the caller then redoes the split with ``tokenizers`` alone. ``--engine hf`` skips tiktoken entirely.
+the caller then redoes the split with ``tokenizers`` alone. ``--engine tokenizers`` skips tiktoken entirely.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def prepare_c4(opts: C4Options, progress: ProgressFn | None = None) -> PrepareRe
     workers = _effective_workers(workers, sum(f.total_bytes for f in filesets.values()) if opts.source else None)
     tok = load_tokenizer(opts.tokenizer)
     spec, seps = make_encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
-                              add_special_tokens=opts.add_special_tokens, engine=opts.engine)
+                                  add_special_tokens=opts.add_special_tokens, engine=opts.engine)
     facts = _tokenizer_facts(opts.tokenizer, tok, spec)
     dtype = token_dtype(facts["vocab_size"])
     where = opts.source or "hf://datasets/allenai/c4"
@@ -270,7 +270,7 @@ def prepare_corpus(opts: CorpusOptions, progress: ProgressFn | None = None) -> P
             raise UserInputError("reading parquet needs pyarrow; install it with `pip install pyarrow`") from None
     tok = load_tokenizer(opts.tokenizer)
     spec, seps = make_encode_spec(tok, bos_text=opts.bos_text, eos_text=opts.eos_text,
-                              add_special_tokens=opts.add_special_tokens, engine=opts.engine)
+                                  add_special_tokens=opts.add_special_tokens, engine=opts.engine)
     facts = _tokenizer_facts(opts.tokenizer, tok, spec)
     dtype = token_dtype(facts["vocab_size"])
 
