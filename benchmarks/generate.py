@@ -31,10 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llamactl.generation import Generator, SamplingConfig  # noqa: E402
 from llamactl.interop.hf import llamactl_state_dict_to_hf, to_transformers_config  # noqa: E402
-from llamactl.model.llama import Llama  # noqa: E402
+from llamactl.generation.engine import DEFAULT_COMPILE_OPTIONS  # noqa: E402
+from llamactl.model.llama import DECODE_ATTENTION, Llama, set_decode_attention  # noqa: E402
 from llamactl.model.presets import preset  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# benchmark mode -> (Generator mode, Inductor options); "compile-plain" is compile without tuning
+COMPILE_VARIANTS = {"compile": DEFAULT_COMPILE_OPTIONS,
+                    "compile-autotune": {**DEFAULT_COMPILE_OPTIONS, "max_autotune": True},
+                    "compile-plain": {}}
 
 
 def sync(device: torch.device) -> None:
@@ -99,6 +104,31 @@ def time_runs(fn, repeats: int, device: torch.device) -> list[float]:
     return out
 
 
+def profile_decode(gen: Generator, cfg, device: torch.device, path: Path, steps: int = 32) -> None:
+    """Top GPU kernels (total time, calls, share) of ``steps`` batch-1 decode steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = [list(range(1, 33))]
+    sc = SamplingConfig(max_new_tokens=steps, ignore_eos=True)
+    gen.generate(prompt, sc)  # the batch-1 graph exists before the profiled run
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        gen.generate(prompt, sc)
+        sync(device)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
+    events = [e for e in events if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    lines = [f"{gen.mode} decode, batch 1, {steps} steps: {total / 1000:.2f} ms of kernels "
+             f"({total / steps:.1f} us per step), {sum(e.count for e in events)} kernel launches "
+             f"({sum(e.count for e in events) / steps:.1f} per step, {cfg.num_hidden_layers} layers)",
+             f"{'us/step':>9} {'share':>6} {'calls/step':>10}  kernel"]
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:40]:
+        lines.append(f"{e.self_device_time_total / steps:>9.1f} {100 * e.self_device_time_total / total:>5.1f}% "
+                     f"{e.count / steps:>10.1f}  {e.key[:140]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:25]), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="llama-3.2-1b")
@@ -107,8 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--modes", default=None, help="ours: eager,graph,compile,compile-autotune (GPU default "
-                                                   "eager,graph,compile; CPU eager)")
+    ap.add_argument("--modes", default=None, help="ours: eager,graph,compile,compile-autotune,compile-plain "
+                                                   "(GPU default eager,graph,compile; CPU eager)")
+    ap.add_argument("--no-fuse", action="store_true", help="keep q/k/v and gate/up as separate matmuls")
+    ap.add_argument("--decode-attention", default="grouped", choices=DECODE_ATTENTION,
+                    help="how a decode query attends over the cache (llamactl.model.llama.set_decode_attention)")
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="write the top GPU kernels of 32 batch-1 decode steps of the last mode to FILE")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hf-repeats", type=int, default=2, help="timed runs of transformers' generate (it is slow)")
@@ -124,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
     cfg, ours, hf = build_models(args.preset, device, dtype, args.seed, not args.no_hf)
+    fuse = not args.no_fuse
+    set_decode_attention(args.decode_attention)
     elt = torch.finfo(dtype).bits // 8
     weight_bytes = cfg.num_params() * elt
     bw = copy_bandwidth(device, nbytes=(1 << 30) if device.type == "cuda" else (1 << 28))
@@ -134,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
               "params": cfg.num_params(), "weight_bytes": weight_bytes, "copy_bandwidth_GBps": bw / 1e9,
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "torch": torch.__version__, "logits_max_abs_diff_vs_hf": logits_diff,
-              "date": datetime.now().isoformat(timespec="seconds"), "runs": []}
+              "date": datetime.now().isoformat(timespec="seconds"), "fuse_projections": fuse,
+              "decode_attention": args.decode_attention, "runs": []}
     try:
         import transformers
 
@@ -145,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{bw / 1e9:.0f} GB/s · max |logits ours - HF| {logits_diff}", flush=True)
 
     n = args.new_tokens
+    gen = None
     for b in batch_sizes:
         prompts = torch.randint(0, cfg.vocab_size, (b, args.prompt_len), generator=torch.Generator().manual_seed(b))
         avg_ctx = args.prompt_len + n / 2
@@ -169,10 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(("hf generate", times, None))
         for mode in modes:
             try:
-                if mode == "compile-autotune":  # Inductor also benchmarks its own matmul kernels
-                    gen = Generator(ours, mode="compile", compile_mode="max-autotune-no-cudagraphs")
+                if mode in COMPILE_VARIANTS:
+                    gen = Generator(ours, mode="compile", compile_options=COMPILE_VARIANTS[mode], fuse=fuse)
                 else:
-                    gen = Generator(ours, mode=mode)  # type: ignore[arg-type]
+                    gen = Generator(ours, mode=mode, fuse=fuse)  # type: ignore[arg-type]
                 sc = SamplingConfig(max_new_tokens=n, ignore_eos=True)
                 plist = prompts.tolist()
                 t0 = time.perf_counter()
@@ -209,6 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
             result["runs"].append(rec)
             print(f"  {impl:<20}{tps:>12,.1f}{rec['ms_per_token']:>10.2f}{rec['pct_of_bound']:>8.1f}%"
                   f"{(f'{ratio:.1f}x' if ratio else '–'):>8}", flush=True)
+
+    if args.profile and gen is not None:
+        profile_decode(gen, cfg, device, Path(args.profile))
 
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-") or "cpu"
     out = Path(args.out or f"benchmarks/results/generate-{slug}-{datetime.now():%Y%m%d}.json")

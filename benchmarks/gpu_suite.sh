@@ -6,6 +6,11 @@
 #       GPU1  benchmarks/generate.py (HF vs our decode modes, batch 1 and 8) + the gpu-marked tests
 #       GPU2  200-step loss check: HF vs llamactl eager vs llamactl fastest, same weights and C4 data
 #       GPU3  benchmarks/train_throughput.py hf/eager/fast-layers at micro-batch 4 (+ profile), then mb 8
+#   bash benchmarks/gpu_suite.sh ab       # each speed option on/off, one GPU per job, four jobs at once:
+#       GPU0  benchmarks/generate.py HF vs graph/compile/compile-autotune (all decode options on) + gpu tests
+#       GPU1  decode A/B at batch 1: before (no fusion, repeat_kv, no tuning), fusion alone, + tuning
+#       GPU2  200-step loss check hf vs fast-layers (compiled loss), then decode attention variants
+#       GPU3  train_throughput mb4 hf / fast-layers with eager loss / fast-layers; mb8 fast-layers
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
 #       sharded checkpoints) 30 steps, the same resumed from its step-15 checkpoint, `--gpus 2` when
 #       N > 2, then one GPU with the same options (the scaling baseline); ~8 minutes on 4 GPUs
@@ -14,7 +19,7 @@
 # Results go to $OUT (or /tmp/llamactl-suite/out): JSON from the benchmarks, logs, and one tarball
 # with every run's metrics.jsonl / summary.json / train.log.
 set -u
-PHASE=${1:?usage: gpu_suite.sh single|fsdp}
+PHASE=${1:?usage: gpu_suite.sh single|ab|fsdp}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 W=/tmp/llamactl-suite
 OUT=${OUT:-$W/out}
@@ -63,6 +68,39 @@ if [ "$PHASE" = single ]; then
   wait
   bundle
   tail -n 4 "$OUT"/*.log
+elif [ "$PHASE" = ab ]; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
+  prep || { echo "prepare-data failed"; tail -20 "$OUT/prepare.log"; exit 1; }
+  G=(benchmarks/generate.py --new-tokens 256 --batch-sizes 1 --no-hf)
+  ( export CUDA_VISIBLE_DEVICES=0
+    timeout 420 $PY benchmarks/generate.py --new-tokens 256 --hf-repeats 1 --modes graph,compile,compile-autotune \
+      --out "$OUT/generate.json" > "$OUT/generate.log" 2>&1; echo "generate exit $?" >> "$OUT/generate.log"
+    timeout 100 $PY -m pytest tests/test_generate_engine.py -q -m gpu -p no:cacheprovider >> "$OUT/generate.log" 2>&1
+    echo "gpu tests exit $?" >> "$OUT/generate.log" ) &
+  ( export CUDA_VISIBLE_DEVICES=1
+    for v in "before:--no-fuse --decode-attention repeat --modes compile-plain" \
+             "fuse:--decode-attention repeat --modes compile-plain" \
+             "fuse-tuned:--decode-attention repeat --modes compile" \
+             "all:--modes compile --profile $OUT/decode-profile.txt"; do
+      echo "== ${v%%:*}" >> "$OUT/decode-ab.log"
+      timeout 150 $PY "${G[@]}" ${v#*:} --out "$W/dec-${v%%:*}.json" >> "$OUT/decode-ab.log" 2>&1
+    done ) &
+  ( export CUDA_VISIBLE_DEVICES=2
+    timeout 330 $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
+      --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
+      --out "$OUT/losscheck.json" > "$OUT/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$OUT/losscheck.log"
+    for a in sdpa-gqa grouped-reduce; do
+      echo "== $a" >> "$OUT/decode-ab.log2"
+      timeout 100 $PY "${G[@]}" --modes compile --decode-attention $a --out "$W/dec-$a.json" >> "$OUT/decode-ab.log2" 2>&1
+    done ) &
+  ( export CUDA_VISIBLE_DEVICES=3
+    timeout 360 $PY benchmarks/train_throughput.py --variants hf,fast-layers-eagerloss,fast-layers --micro-batch 4 \
+      --steps 30 --out "$OUT/train-mb4.json" > "$OUT/train-mb4.log" 2>&1; echo "train-mb4 exit $?" >> "$OUT/train-mb4.log"
+    timeout 150 $PY benchmarks/train_throughput.py --variants fast-layers --micro-batch 8 --steps 30 \
+      --out "$OUT/train-mb8.json" > "$OUT/train-mb8.log" 2>&1; echo "train-mb8 exit $?" >> "$OUT/train-mb8.log" ) &
+  wait
+  (cd "$W" && tar czf "$OUT/decode-ab.tgz" dec-*.json 2>/dev/null)
+  tail -n 5 "$OUT"/*.log "$OUT"/*.log2
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
   N=$(nvidia-smi -L | wc -l)

@@ -93,3 +93,16 @@ def test_bad_chunk_size() -> None:
     hidden, weight, targets = problem()
     with pytest.raises(ValueError, match="chunk_size"):
         fused_linear_cross_entropy(hidden, weight, targets, chunk_size=0)
+
+
+@pytest.mark.slow
+def test_compiled_chunks_equal_the_eager_loss_and_gradients() -> None:
+    hidden, weight, targets = problem(3)
+    want = reference(hidden, weight, targets)
+    for chunk_size in (16, 4096):  # several chunks with a shorter last one; one chunk
+        loss = fused_linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size, compiled=True)
+        got = (loss, *torch.autograd.grad(loss, (hidden, weight)))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the loss-only path of evaluation
+        torch.testing.assert_close(fused_linear_cross_entropy(hidden, weight, targets, compiled=True), want[0])

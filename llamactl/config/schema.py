@@ -49,6 +49,8 @@ class ModelSection:
     compile: bool | Literal["layers", "model"] = False
     attn_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
     loss_chunk_size: int = 4096
+    # with compile: also compile the fused loss's per-chunk softmax and gradient (our Llama only)
+    compile_loss: bool = True
     peft_config: dict[str, Any] | None = None  # LLM Foundry puts it here; top-level is accepted too
 
 

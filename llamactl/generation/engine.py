@@ -11,7 +11,11 @@ memory-bandwidth bound there). So the decode step has static shapes and static b
 either captured once into a CUDA graph and replayed (``mode="graph"``), or first compiled with
 ``torch.compile`` — Inductor fuses each RMSNorm, rotary embedding, SwiGLU product and residual add
 into single kernels, roughly 45 kernels per layer down to 15 — and then captured the same way
-(``mode="compile"``). The capture is ours rather than ``reduce-overhead``'s CUDA-graph trees,
+(``mode="compile"``). At batch 1 every kernel is a few microseconds of memory traffic, so their
+number sets the step time: the q/k/v and gate/up weights are fused into one matrix each
+(:meth:`Llama.fuse_projections`), a decode query attends to its shared key/value head without
+copying the cache (``grouped_decode_attention``), and Inductor's coordinate-descent tuning turns the
+batch-1 projections into reductions it fuses and tunes itself. The capture is ours rather than ``reduce-overhead``'s CUDA-graph trees,
 so both modes replay one graph per token the same way (the two styles were not compared). On the
 CPU the step runs eagerly (or compiled, without a graph).
 """
@@ -71,7 +75,7 @@ class _StaticStep:
     """
 
     def __init__(self, model: Llama, batch: int, slots: int, mode: Literal["eager", "graph", "compile"],
-                 compile_mode: str | None = None) -> None:
+                 compile_options: dict | None = None) -> None:
         p = next(model.parameters())
         self.model, self.batch, self.slots, self.mode = model, batch, slots, mode
         self.cache = KVCache.for_config(model.config, batch, slots, dtype=p.dtype, device=p.device)
@@ -85,7 +89,7 @@ class _StaticStep:
         self._fn: Callable[[], torch.Tensor] = self._eager
         if mode == "compile":
             # Inductor fuses the elementwise work; the buffers are fixed, so no shape ever changes.
-            self._fn = torch.compile(self._eager, mode=compile_mode, fullgraph=True, dynamic=False)
+            self._fn = torch.compile(self._eager, options=compile_options, fullgraph=True, dynamic=False)
         if dev.type == "cuda" and mode in ("graph", "compile"):
             self._capture()
 
@@ -126,6 +130,12 @@ class _StaticStep:
         return self._fn()
 
 
+# Inductor settings for the compiled decode step. Coordinate-descent tuning also makes Inductor
+# rewrite a matmul with one row (a batch-1 projection) as a multiply-and-sum reduction it generates
+# and tunes itself, so the projections fuse with their neighbours instead of each being a cuBLAS call.
+DEFAULT_COMPILE_OPTIONS: dict = {"coordinate_descent_tuning": True}
+
+
 class Generator:
     """Generates from our :class:`Llama` with a static KV cache.
 
@@ -134,14 +144,19 @@ class Generator:
         mode: ``auto`` (``graph`` on CUDA, ``eager`` elsewhere), ``eager``, ``graph`` (CUDA graph
             of the eager decode step, CUDA only) or ``compile`` (``torch.compile`` of the decode
             step, then a CUDA graph of it on CUDA).
-        compile_mode: ``torch.compile``'s ``mode`` for ``compile`` (default Inductor's default;
-            e.g. ``max-autotune-no-cudagraphs`` to let Inductor benchmark its own matmul kernels).
+        compile_options: Inductor options for ``compile`` (default :data:`DEFAULT_COMPILE_OPTIONS`;
+            e.g. add ``max_autotune: True`` to let Inductor benchmark Triton matmul kernels too).
+        fuse: back each layer's q/k/v and gate/up weights by one matrix each
+            (:meth:`Llama.fuse_projections`: 4 matrix products per layer and token instead of 7,
+            no extra memory). The parameters become views of the fused matrices.
     """
 
-    def __init__(self, model: Llama, *, mode: DecodeMode = "auto", compile_mode: str | None = None) -> None:
+    def __init__(self, model: Llama, *, mode: DecodeMode = "auto", compile_options: dict | None = None,
+                 fuse: bool = True) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.compile_mode = compile_mode
+        self.compile_options = DEFAULT_COMPILE_OPTIONS if compile_options is None else compile_options
+        self.fuse = fuse
         if mode == "auto":
             mode = "graph" if self.device.type == "cuda" else "eager"
         if mode == "graph" and self.device.type != "cuda":
@@ -150,12 +165,14 @@ class Generator:
         self._step: _StaticStep | None = None
 
     def _static_step(self, batch: int, slots: int) -> _StaticStep:
+        if self.fuse and self.model.fuse_projections():
+            self._step = None  # (re)fused: a captured graph would read the old weight storage
         step = self._step
         if step is None or step.batch != batch or step.slots < slots:
             if self.mode != "eager":
                 slots = -(-slots // _SLOT_BUCKET) * _SLOT_BUCKET
             self._step = None  # free the old cache and graph before allocating the new ones
-            step = self._step = _StaticStep(self.model, batch, slots, self.mode, self.compile_mode)
+            step = self._step = _StaticStep(self.model, batch, slots, self.mode, self.compile_options)
         return step
 
     @torch.no_grad()

@@ -31,6 +31,14 @@ ActivationCheckpointing = Literal["none", "selective", "full"]
 # FlashAttention-2 for causal fwd+bwd; PyTorch's default order does not always pick it.
 _SDPA_BACKENDS: list | None = None
 
+# How a single query (one decode step) attends over a KV cache: "grouped" multiplies each query
+# group with its shared key/value head directly (no copies of K and V; two batched matmuls),
+# "grouped-reduce" writes the same products as multiply-and-sum (which Inductor turns into fused
+# reductions instead of matmul calls), "sdpa-gqa" hands the grouping to SDPA (enable_gqa),
+# "repeat" copies K and V out to every query head first, as the prefill and training paths do.
+DECODE_ATTENTION = ("grouped", "grouped-reduce", "sdpa-gqa", "repeat")
+_DECODE_ATTENTION = "grouped"
+
 
 def set_sdpa_backend(name: str) -> None:
     """Restrict ``scaled_dot_product_attention`` to one backend: auto, cudnn, flash, efficient, math."""
@@ -61,6 +69,14 @@ class RMSNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
+
+
+def set_decode_attention(name: str) -> None:
+    """Pick how one decode query attends over the cache: grouped (default), sdpa-gqa or repeat."""
+    global _DECODE_ATTENTION
+    if name not in DECODE_ATTENTION:
+        raise ValueError(f"unknown decode attention {name!r}; use {', '.join(DECODE_ATTENTION)}")
+    _DECODE_ATTENTION = name
 
 
 def rope_inv_freq(config: LlamaConfig, device: torch.device | None = None) -> torch.Tensor:
@@ -110,6 +126,68 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None, :, :].expand(b, nkv, n_rep, s, hd).reshape(b, nkv * n_rep, s, hd)
 
 
+def grouped_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                             scale: float, reduce: bool = False) -> torch.Tensor:
+    """Attention of one query per row over a cache, query groups against their shared KV head.
+
+    q (B, nh, 1, hd); k, v (B, nkv, S, hd); mask (B, 1, 1, S) boolean, True = may attend.
+    Returns (B, nh, 1, hd). Same math as SDPA's reference path (softmax in fp32), without the
+    ``repeat_kv`` copies of the whole cache that a grouped-query model otherwise needs per step.
+    ``reduce`` writes both products as multiply-and-sum, the form Inductor fuses into reductions.
+    """
+    b, nh, _, hd = q.shape
+    nkv = k.shape[1]
+    qg = q.reshape(b, nkv, nh // nkv, hd)  # (B, nkv, rep, hd): query heads of one group together
+    if reduce:
+        scores = (qg[:, :, :, None, :] * k[:, :, None]).float().sum(-1) * scale  # (B, nkv, rep, S)
+    else:
+        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (B, nkv, rep, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    if reduce:
+        out = (probs[..., None] * v[:, :, None]).float().sum(-2).to(v.dtype)  # (B, nkv, rep, hd)
+    else:
+        out = torch.matmul(probs, v)
+    return out.reshape(b, nh, 1, hd)
+
+
+def _fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of linears that read the same input into one matrix,
+    and make each linear's parameters views of it: same Parameter objects, values and names, no
+    second copy in memory."""
+    weight = torch.cat([m.weight for m in linears])
+    bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+    row = 0
+    for m in linears:
+        n = m.out_features
+        m.weight.data = weight[row:row + n]
+        if bias is not None:
+            m.bias.data = bias[row:row + n]
+        row += n
+    return weight, bias
+
+
+def _is_fused(fused: tuple[torch.Tensor, torch.Tensor | None] | None, *linears: nn.Linear) -> bool:
+    """Whether ``fused`` still backs these linears (moving the model gives them new storage)."""
+    if fused is None:
+        return False
+    weight = fused[0]
+    row = 0
+    for m in linears:
+        w = m.weight
+        if (w.device != weight.device or w.dtype != weight.dtype
+                or w.data_ptr() != weight.data_ptr() + row * weight.stride(0) * weight.element_size()):
+            return False
+        row += m.out_features
+    return True
+
+
+def _plain(*modules: nn.Module) -> bool:
+    # LoRA and other wrappers replace nn.Linear; their extra paths cannot be folded into one matmul.
+    return all(type(m) is nn.Linear for m in modules)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention through ``scaled_dot_product_attention``."""
 
@@ -126,17 +204,43 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+        # (weight, bias) of q, k and v concatenated, which their parameters are views of; set by
+        # Llama.fuse_projections for inference, ignored in training mode.
+        self._qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def fuse_projections(self) -> bool:
+        """Back q/k/v by one matrix (idempotent); False when they are not plain linears."""
+        mods = (self.q_proj, self.k_proj, self.v_proj)
+        if not _plain(*mods):
+            self._qkv = None
+            return False
+        if not _is_fused(self._qkv, *mods):
+            self._qkv = _fuse_linears(*mods)
+        return True
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 cache_position: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        hd, nq, nkv = self.head_dim, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self._qkv is not None and not self.training:
+            q, k, v = F.linear(x, *self._qkv).split((nq, nkv, nkv), dim=-1)  # one matmul for three
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.num_heads, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(b, t, self.num_kv_heads, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(b, t, self.num_kv_heads, hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, cache_position)  # (B, nkv, S_max, hd)
+            if t == 1 and self.n_rep > 1 and _DECODE_ATTENTION != "repeat":
+                if _DECODE_ATTENTION in ("grouped", "grouped-reduce"):
+                    out = grouped_decode_attention(q, k, v, attn_mask, self.scaling,
+                                                   reduce=_DECODE_ATTENTION == "grouped-reduce")
+                else:
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
+                                                         enable_gqa=True)
+                return self.o_proj(out.transpose(1, 2).reshape(b, t, nq))
         k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         if _SDPA_BACKENDS is None:
             out = F.scaled_dot_product_attention(
@@ -160,8 +264,22 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, f, bias=bias)
         self.up_proj = nn.Linear(d, f, bias=bias)
         self.down_proj = nn.Linear(f, d, bias=bias)
+        self._gate_up: tuple[torch.Tensor, torch.Tensor | None] | None = None  # as Attention._qkv
+
+    def fuse_projections(self) -> bool:
+        """Back gate and up by one matrix (idempotent); False when they are not plain linears."""
+        mods = (self.gate_proj, self.up_proj)
+        if not _plain(*mods):
+            self._gate_up = None
+            return False
+        if not _is_fused(self._gate_up, *mods):
+            self._gate_up = _fuse_linears(*mods)
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._gate_up is not None and not self.training:
+            gate, up = F.linear(x, *self._gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -199,6 +317,8 @@ class Llama(nn.Module):
     Runtime attributes (not architecture, so not in the config):
         activation_checkpointing: ``none``, ``selective`` (every second layer) or ``full``.
         loss_chunk_size: tokens per chunk of the fused head + cross-entropy.
+        compile_loss: run each chunk's softmax and gradient through ``torch.compile`` (set with
+            ``model.compile``).
     """
 
     def __init__(self, config: LlamaConfig) -> None:
@@ -213,6 +333,7 @@ class Llama(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
         self.activation_checkpointing: ActivationCheckpointing = "none"
         self.loss_chunk_size = 4096
+        self.compile_loss = False  # the loss's per-chunk softmax/gradient through torch.compile
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
@@ -242,6 +363,24 @@ class Llama(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
         self.reset_rope()
+
+    @torch.no_grad()
+    def fuse_projections(self) -> bool:
+        """For inference: back each layer's q/k/v weights by one matrix and gate/up by another, so
+        one decode step runs 4 matrix-vector products per layer instead of 7 (at batch 1 each is a
+        few microseconds of memory traffic, so their number, not their size, sets the step time).
+
+        The parameters stay the same objects with the same names and values; they become views of
+        the fused matrices (no extra memory). Training mode ignores the fused matrices, and layers
+        wrapped by LoRA are left unfused. Idempotent: after the model was moved or cast, a call
+        fuses again. Returns whether anything changed (a captured CUDA graph is then stale).
+        """
+        before = [(layer.self_attn._qkv, layer.mlp._gate_up) for layer in self.layers]
+        for layer in self.layers:
+            layer.self_attn.fuse_projections()
+            layer.mlp.fuse_projections()
+        after = [(layer.self_attn._qkv, layer.mlp._gate_up) for layer in self.layers]
+        return any(a is not b for pair_a, pair_b in zip(before, after) for a, b in zip(pair_a, pair_b))
 
     def reset_rope(self) -> None:
         """Recompute the (non-persistent) rotary buffer, e.g. after ``to_empty``."""
@@ -323,7 +462,7 @@ class Llama(nn.Module):
             targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # (B, T): token t predicts t+1
             out.loss = fused_linear_cross_entropy(
                 hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1),
-                chunk_size=self.loss_chunk_size)
+                chunk_size=self.loss_chunk_size, compiled=self.compile_loss)
         if return_logits or (return_logits is None and labels is None):
             h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
             out.logits = self.lm_head(h)

@@ -15,6 +15,41 @@ import torch
 IGNORE_INDEX = -100
 
 
+def _chunk_loss(logits: torch.Tensor, safe: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of one chunk: logits (C, V) in the compute dtype, targets (C,)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)  # (C,)
+    picked = logits.gather(1, safe[:, None]).squeeze(1)  # (C,)
+    return ((lse - picked) * ok).sum()
+
+
+def _chunk_loss_and_grad(logits: torch.Tensor, safe: torch.Tensor, ok: torch.Tensor, inv_count: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's summed loss and d(mean loss)/d(logits) = (softmax - onehot(target)) * ok / count,
+    in the logits' dtype. Written as elementwise work plus two row reductions so that Inductor makes
+    it two kernels that read the (C, V) logits twice, instead of the ~8 full passes over an fp32
+    copy that the eager form below makes (~10 % of a 1B training step on an H200)."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)  # (C,)
+    picked = x.gather(1, safe[:, None]).squeeze(1)  # (C,)
+    loss = ((lse - picked) * ok).sum()
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == safe[:, None]  # (C, V), never stored
+    grad = ((x - lse[:, None]).exp() - onehot.float()) * (ok.float() * inv_count)[:, None]
+    return loss, grad.to(logits.dtype)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(name: str):
+    """The chunk function ``name``, compiled once per process (fixed shapes; the last, shorter
+    chunk is a second specialisation)."""
+    if name not in _COMPILED:
+        fn = {"loss": _chunk_loss, "loss_and_grad": _chunk_loss_and_grad}[name]
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[name]
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     device_type = t.device.type
     if torch.is_autocast_enabled(device_type):
@@ -25,7 +60,7 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,  # type: ignore[override]
-                chunk_size: int, grad_enabled: bool) -> torch.Tensor:
+                chunk_size: int, grad_enabled: bool, compiled: bool) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
         # needs_input_grad is True under no_grad too; without grad_enabled an eval step would
         # pay for two extra matmuls per chunk and a (V, d) fp32 buffer it never uses.
@@ -45,6 +80,19 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 tgt = targets[start:end]
                 ok = valid[start:end]
                 safe = torch.where(ok, tgt, torch.zeros_like(tgt))  # (C,)
+                if compiled:
+                    logits = h @ w.t()  # (C, V), compute dtype
+                    if need_h or need_w:
+                        loss, g = _compiled("loss_and_grad")(logits, safe, ok, 1.0 / count)
+                        del logits
+                    else:
+                        loss = _compiled("loss")(logits, safe, ok)
+                    total = total + loss
+                    if need_h:
+                        grad_h[start:end] = g @ w  # (C, d)
+                    if need_w:
+                        grad_w.add_((g.t() @ h).float())  # (V, d)
+                    continue
                 logits = (h @ w.t()).float()  # (C, V)
                 lse = torch.logsumexp(logits, dim=-1)  # (C,)
                 picked = logits.gather(1, safe[:, None]).squeeze(1)  # (C,)
@@ -68,11 +116,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = (grad_h * grad_output).to(ctx.hidden_dtype) if grad_h is not None else None
         gw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               chunk_size: int = 4096) -> torch.Tensor:
+                               chunk_size: int = 4096, compiled: bool = False) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, chunked over tokens.
 
     Args:
@@ -81,7 +129,10 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         targets: (N,) token ids; ``-100`` is ignored.
         chunk_size: tokens per chunk; peak extra memory is about ``chunk_size * V * 8`` bytes
             (the fp32 chunk logits and logsumexp's temporary), plus a (V, d) fp32 weight gradient.
+        compiled: compute each chunk's softmax and gradient with a ``torch.compile``-d function
+            (two fused kernels over compute-dtype logits, no fp32 copy of them); what
+            ``model.compile`` turns on.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, torch.is_grad_enabled())
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, torch.is_grad_enabled(), compiled)

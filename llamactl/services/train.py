@@ -293,7 +293,8 @@ def _sample_line(built, prompt: str, max_new_tokens: int, seed: int) -> str:
     set_sdpa_backend("auto")
     try:
         with torch.compiler.set_stance("force_eager"):
-            out = Generator(model, mode="eager").generate(
+            # fuse=False: the trainer still owns these weights (checkpoints, optimizer); leave them be.
+            out = Generator(model, mode="eager", fuse=False).generate(
                 [tok.encode(prompt)], SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50,
                                                      seed=seed),
                 eos_token_ids=[tok.eos_token_id] if tok.eos_token_id is not None else [],

@@ -193,15 +193,18 @@ def check_batch(cfg: TrainConfig, world: int) -> int:
     return per_rank
 
 
-def compile_model(module: torch.nn.Module, how: bool | str) -> None:
+def compile_model(module: torch.nn.Module, how: bool | str, loss: bool = True) -> None:
     """Compile in place: each decoder layer (``True``/``"layers"``) or the whole model (``"model"``).
 
     Per-layer is the default because it measured faster: 51.6k vs 24.5k tokens/s for the 1B shape on
     an H200 (docs/performance.md); the whole-model graph also compiles the fused loss, and ran with
-    the GPU idle between kernels.
+    the GPU idle between kernels. With ``loss``, our Llama's fused loss also computes each chunk's
+    softmax and gradient with a compiled function (``Llama.compile_loss``; ``model.compile_loss``).
     """
     if how in (False, None):
         return
+    if hasattr(module, "compile_loss"):  # our Llama: the fused loss's per-chunk softmax too
+        module.compile_loss = loss
     if how in (True, "layers"):
         layers = module.model.layers if hasattr(module, "model") and hasattr(module.model, "layers") else module.layers
         for layer in layers:
@@ -307,7 +310,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, on_event: Callable | None 
             check_lora_bias(llama, lora)
         composer_model = LlamactlComposerModel(llama, tokenizer=tokenizer, peft_config=lora)
         train_module = llama
-    compile_model(train_module, cfg.model.compile)
+    compile_model(train_module, cfg.model.compile, loss=cfg.model.compile_loss)
     # Composer's FSDP looks for these on the wrapped model: shard and checkpoint per decoder layer.
     train_module.fsdp_wrap_fn = fsdp_wrap_fn
     train_module.activation_checkpointing_fn = activation_checkpointing_fn
