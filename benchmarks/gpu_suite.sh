@@ -6,11 +6,13 @@
 #       GPU1  benchmarks/generate.py (HF vs our decode modes, batch 1 and 8) + the gpu-marked tests
 #       GPU2  200-step loss check: HF vs llamactl eager vs llamactl fastest, same weights and C4 data
 #       GPU3  benchmarks/train_throughput.py hf/eager/fast-layers at micro-batch 4 (+ profile), then mb 8
-#   bash benchmarks/gpu_suite.sh ab       # each speed option on/off, one GPU per job, four jobs at once:
+#   bash benchmarks/gpu_suite.sh ab       # speed options on/off, one job per GPU (pair), at once:
 #       GPU0  benchmarks/generate.py HF vs graph/compile/compile-autotune (all decode options on) + gpu tests
-#       GPU1  decode A/B at batch 1: before (no fusion, repeat_kv, no tuning), fusion alone, + tuning
-#       GPU2  200-step loss check hf vs fast-layers (compiled loss), then decode attention variants
-#       GPU3  train_throughput mb4 hf / fast-layers with eager loss / fast-layers; mb8 fast-layers
+#       GPU1  decode A/B at batch 1: before (no fusion, repeat_kv, no tuning), + fusion, + tuning,
+#             + grouped attention (with a kernel profile), the other attention forms
+#       GPU2+3  FSDP2 on 2 GPUs, 12 steps each: all speed options, then without compile, without
+#             cuDNN/fused AdamW, plain (full tracebacks); then GPU3 train_throughput mb4 fast-layers
+#             with the eager vs the compiled loss, GPU2 mb8 fast-layers
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
 #       sharded checkpoints) 30 steps, the same resumed from its step-15 checkpoint, `--gpus 2` when
 #       N > 2, then one GPU with the same options (the scaling baseline); ~8 minutes on 4 GPUs
@@ -75,32 +77,40 @@ elif [ "$PHASE" = ab ]; then
   ( export CUDA_VISIBLE_DEVICES=0
     timeout 420 $PY benchmarks/generate.py --new-tokens 256 --hf-repeats 1 --modes graph,compile,compile-autotune \
       --out "$OUT/generate.json" > "$OUT/generate.log" 2>&1; echo "generate exit $?" >> "$OUT/generate.log"
-    timeout 100 $PY -m pytest tests/test_generate_engine.py -q -m gpu -p no:cacheprovider >> "$OUT/generate.log" 2>&1
-    echo "gpu tests exit $?" >> "$OUT/generate.log" ) &
+    timeout 100 $PY -m pytest tests/test_generate_engine.py tests/test_model_decode.py -q -m gpu -p no:cacheprovider \
+      >> "$OUT/generate.log" 2>&1; echo "gpu tests exit $?" >> "$OUT/generate.log" ) &
   ( export CUDA_VISIBLE_DEVICES=1
     for v in "before:--no-fuse --decode-attention repeat --modes compile-plain" \
              "fuse:--decode-attention repeat --modes compile-plain" \
              "fuse-tuned:--decode-attention repeat --modes compile" \
-             "all:--modes compile --profile $OUT/decode-profile.txt"; do
+             "all:--modes compile --profile $W/decode-profile.txt" \
+             "sdpa-gqa:--modes compile --decode-attention sdpa-gqa" \
+             "grouped-reduce:--modes compile --decode-attention grouped-reduce"; do
       echo "== ${v%%:*}" >> "$OUT/decode-ab.log"
-      timeout 150 $PY "${G[@]}" ${v#*:} --out "$W/dec-${v%%:*}.json" >> "$OUT/decode-ab.log" 2>&1
+      timeout 100 $PY "${G[@]}" ${v#*:} --out "$W/dec-${v%%:*}.json" >> "$OUT/decode-ab.log" 2>&1
     done ) &
-  ( export CUDA_VISIBLE_DEVICES=2
-    timeout 330 $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
-      --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
-      --out "$OUT/losscheck.json" > "$OUT/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$OUT/losscheck.log"
-    for a in sdpa-gqa grouped-reduce; do
-      echo "== $a" >> "$OUT/decode-ab.log2"
-      timeout 100 $PY "${G[@]}" --modes compile --decode-attention $a --out "$W/dec-$a.json" >> "$OUT/decode-ab.log2" 2>&1
-    done ) &
-  ( export CUDA_VISIBLE_DEVICES=3
-    timeout 360 $PY benchmarks/train_throughput.py --variants hf,fast-layers-eagerloss,fast-layers --micro-batch 4 \
-      --steps 30 --out "$OUT/train-mb4.json" > "$OUT/train-mb4.log" 2>&1; echo "train-mb4 exit $?" >> "$OUT/train-mb4.log"
+  ( export CUDA_VISIBLE_DEVICES=2,3  # FSDP2 on 2 GPUs: which option (if any) breaks it, full tracebacks
+    f2() { local name=$1; shift
+      LLAMACTL_DEBUG=1 timeout 90 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/$name" --duration 12ba \
+        --no-sample eval_loader=null --save-interval 1000ba save_weights_only=true global_train_batch_size=8 \
+        device_train_microbatch_size=4 "$@" > "$W/$name.log" 2>&1; echo "$name exit $?" | tee -a "$W/$name.log"; }
+    f2 f2-fast
+    f2 f2-nocompile model.compile=false
+    f2 f2-compile-only model.attn_backend=auto optimizer.name=decoupled_adamw
+    f2 f2-plain model.compile=false model.attn_backend=auto optimizer.name=decoupled_adamw
+    touch "$W/f2.done"
+    export CUDA_VISIBLE_DEVICES=2
     timeout 150 $PY benchmarks/train_throughput.py --variants fast-layers --micro-batch 8 --steps 30 \
       --out "$OUT/train-mb8.json" > "$OUT/train-mb8.log" 2>&1; echo "train-mb8 exit $?" >> "$OUT/train-mb8.log" ) &
+  ( export CUDA_VISIBLE_DEVICES=3
+    while [ ! -f "$W/f2.done" ]; do sleep 3; done  # after the FSDP2 runs
+    timeout 200 $PY benchmarks/train_throughput.py --variants fast-layers-eagerloss,fast-layers --micro-batch 4 \
+      --steps 30 --out "$OUT/train-mb4.json" > "$OUT/train-mb4.log" 2>&1; echo "train-mb4 exit $?" >> "$OUT/train-mb4.log" ) &
   wait
-  (cd "$W" && tar czf "$OUT/decode-ab.tgz" dec-*.json 2>/dev/null)
-  tail -n 5 "$OUT"/*.log "$OUT"/*.log2
+  cp "$W/decode-profile.txt" "$OUT/" 2>/dev/null
+  (cd "$W" && tar czf "$OUT/ab.tgz" dec-*.json f2-*.log $(find f2-* -name 'train*.log' -o -name metrics.jsonl) 2>/dev/null)
+  tail -n 4 "$OUT"/*.log; grep -h "exit" "$W"/f2-*.log
+  (cd "$OUT" && tar czf logs.tgz ./*.log gpus.txt && rm -f ./*.log gpus.txt)  # at most 8 files come back
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
   N=$(nvidia-smi -L | wc -l)
@@ -115,7 +125,7 @@ elif [ "$PHASE" = fsdp ]; then
   if ! run_fsdp "fsdp$N" "$N"; then  # once more with FSDP1 and the plain options, so scaling is measured at all
     C4+=(model.compile=false model.attn_backend=auto optimizer.name=decoupled_adamw)
     FS+=(fsdp_config.version=1)
-    mv "$W/fsdp$N" "$W/fsdp$N-failed"
+    mv "$W/fsdp$N" "$W/fsdp$N-failed"; mv "$OUT/fsdp$N.log" "$W/fsdp$N-failed/launcher.log"
     run_fsdp "fsdp$N" "$N"
   fi
   R=$(ls -d "$W/fsdp$N"/*/ | head -1)
