@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--modes", default=None, help="ours: eager,graph,compile,compile-autotune,compile-plain "
                                                    "(GPU default eager,graph,compile; CPU eager)")
     ap.add_argument("--no-fuse", action="store_true", help="keep q/k/v and gate/up as separate matmuls")
-    ap.add_argument("--decode-attention", default="grouped", choices=DECODE_ATTENTION,
+    ap.add_argument("--decode-attention", default="sdpa-gqa", choices=DECODE_ATTENTION,
                     help="how a decode query attends over the cache (llamactl.model.llama.set_decode_attention)")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="write the top GPU kernels of 32 batch-1 decode steps of the last mode to FILE")

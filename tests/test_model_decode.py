@@ -89,7 +89,7 @@ def test_every_decode_attention_equals_sdpa_over_repeated_heads(name):
         set_decode_attention(name)
         fast = Generator(model, mode="eager").generate(prompts, SamplingConfig(max_new_tokens=12))
     finally:
-        set_decode_attention("grouped")
+        set_decode_attention("sdpa-gqa")
     assert fast.tokens == plain.tokens
 
 

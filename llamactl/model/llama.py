@@ -37,7 +37,7 @@ _SDPA_BACKENDS: list | None = None
 # reductions instead of matmul calls), "sdpa-gqa" hands the grouping to SDPA (enable_gqa),
 # "repeat" copies K and V out to every query head first, as the prefill and training paths do.
 DECODE_ATTENTION = ("grouped", "grouped-reduce", "sdpa-gqa", "repeat")
-_DECODE_ATTENTION = "grouped"
+_DECODE_ATTENTION = "sdpa-gqa"  # fastest measured (H200, 1B, batch 1, compiled: 919 vs 875 grouped)
 
 
 def set_sdpa_backend(name: str) -> None:
@@ -72,7 +72,8 @@ class RMSNorm(nn.Module):
 
 
 def set_decode_attention(name: str) -> None:
-    """Pick how one decode query attends over the cache: grouped (default), sdpa-gqa or repeat."""
+    """Pick how one decode query attends over the cache: sdpa-gqa (default), grouped,
+    grouped-reduce or repeat (see ``DECODE_ATTENTION``)."""
     global _DECODE_ATTENTION
     if name not in DECODE_ATTENTION:
         raise ValueError(f"unknown decode attention {name!r}; use {', '.join(DECODE_ATTENTION)}")
