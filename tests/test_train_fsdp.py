@@ -1,10 +1,12 @@
-"""FSDP2 through `llamactl train --gpus 2` on CPU processes (gloo): sharded checkpoints are written
-one file per rank, and a run started from a mid-way sharded checkpoint continues with exactly the
-losses of the uninterrupted run. (The same code path runs on GPUs with NCCL; docs/performance.md.)"""
+"""FSDP2 through `llamactl train --gpus 2` on CPU processes (gloo): it trains (also under the older
+FSDP2 hook discovery of the GPU image's torch), sharded checkpoints are written one file per rank,
+and a run started from a mid-way sharded checkpoint continues with exactly the losses of the
+uninterrupted run. (The same code path runs on GPUs with NCCL; docs/performance.md.)"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from test_train_cli import cli, losses, run_dirs
@@ -18,8 +20,16 @@ def test_fsdp2_sharded_checkpoint_resumes_with_the_same_losses(tmp_path):
     data = str(tmp_path / "ds")
     ref = tmp_path / "ref"
     ref.mkdir()
-    r = cli("train", "--yaml", tiny, *COMMON, "--data-root", data, "--runs-dir", str(ref / "runs"), cwd=ref)
+    # The reference run emulates FSDP2 of torch <= 2.13 (the GPU image has 2.11), which finds the
+    # root's output tensors with tree_flatten only; this run segfaulted before LlamaOutput became a
+    # pytree node (on the GPU: illegal memory access). The resumed run below uses this torch as is.
+    shim = Path(__file__).resolve().parent / "fsdp_tree_flatten"
+    repo = Path(__file__).resolve().parents[1]
+    marker = tmp_path / "emulated"
+    r = cli("train", "--yaml", tiny, *COMMON, "--data-root", data, "--runs-dir", str(ref / "runs"), cwd=ref,
+            env={"PYTHONPATH": f"{shim}{os.pathsep}{repo}", "LLAMACTL_FSDP_EMULATION_MARKER": str(marker)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert len(list(tmp_path.glob("emulated.*"))) >= 2, "the torch<=2.13 hook emulation did not load in the ranks"
     (run,) = run_dirs(ref)
     reference = losses(run)
     assert [s for s, _ in reference] == list(range(1, 9))

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -303,10 +304,20 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class LlamaOutput:
-    """What :meth:`Llama.forward` returns: ``loss`` when labels were given, ``logits`` when asked."""
+    """What :meth:`Llama.forward` returns: ``loss`` when labels were given, ``logits`` when asked.
+
+    Registered as a pytree node (below), so that code which walks a module's output with
+    ``tree_flatten`` sees the tensors inside. FSDP2 does exactly that to hook the root module's
+    backward: up to torch 2.13 it finds them only this way, and without the hook the root's
+    parameters (embedding/head, final norm), freed after forward, were read in backward — a CUDA
+    illegal memory access on the GPU, a segfault on the CPU (tests/test_train_fsdp.py).
+    """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+
+
+torch.utils._pytree.register_dataclass(LlamaOutput)
 
 
 class Llama(nn.Module):
