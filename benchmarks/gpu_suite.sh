@@ -92,11 +92,13 @@ elif [ "$PHASE" = ab ]; then
       echo "== ${v%%:*}" >> "$OUT/decode-ab.log"
       timeout 100 $PY "${G[@]}" ${v#*:} --out "$W/dec-${v%%:*}.json" >> "$OUT/decode-ab.log" 2>&1
     done ) &
+  # (Until this line named fsdp_config, these 2-GPU runs were DDP: the YAML has no fsdp_config.)
   ( export CUDA_VISIBLE_DEVICES=2,3  # FSDP2 on 2 GPUs: which option (if any) breaks it, full tracebacks
     f2() { local name=$1; shift
       LLAMACTL_DEBUG=1 timeout 90 $PY -m llamactl train "${C4[@]}" --gpus 2 --runs-dir "$W/$name" --duration 12ba \
         --no-sample eval_loader=null --save-interval 1000ba save_weights_only=true global_train_batch_size=8 \
-        device_train_microbatch_size=4 "$@" > "$W/$name.log" 2>&1; echo "$name exit $?" | tee -a "$W/$name.log"; }
+        device_train_microbatch_size=4 fsdp_config.state_dict_type=sharded "$@" > "$W/$name.log" 2>&1
+      echo "$name exit $?" | tee -a "$W/$name.log"; }
     f2 f2-fast
     f2 f2-nocompile model.compile=false
     f2 f2-compile-only model.attn_backend=auto optimizer.name=decoupled_adamw
