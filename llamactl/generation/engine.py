@@ -14,10 +14,11 @@ into single kernels, roughly 45 kernels per layer down to 15 — and then captur
 (``mode="compile"``). At batch 1 every kernel is a few microseconds of memory traffic, so their
 number sets the step time: the q/k/v and gate/up weights are fused into one matrix each
 (:meth:`Llama.fuse_projections`), a decode query attends to its shared key/value head without
-copying the cache (``grouped_decode_attention``), and Inductor's coordinate-descent tuning turns the
-batch-1 projections into reductions it fuses and tunes itself. The capture is ours rather than ``reduce-overhead``'s CUDA-graph trees,
-so both modes replay one graph per token the same way (the two styles were not compared). On the
-CPU the step runs eagerly (or compiled, without a graph).
+copying the cache (SDPA's ``enable_gqa``; ``llama.set_decode_attention``), and Inductor's
+coordinate-descent tuning turns the batch-1 projections into reductions it fuses and tunes itself.
+The capture is ours rather than ``reduce-overhead``'s CUDA-graph trees, so both modes replay one
+graph per token the same way (the two styles were not compared). On the CPU the step runs eagerly
+(or compiled, without a graph).
 """
 
 from __future__ import annotations

@@ -190,6 +190,15 @@ def _plain(*modules: nn.Module) -> bool:
     return all(type(m) is nn.Linear for m in modules)
 
 
+def _fused(current: tuple[torch.Tensor, torch.Tensor | None] | None, *linears: nn.Linear
+           ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The fused (weight, bias) backing ``linears``: ``current`` while it still does, a new fusion
+    when it does not, None when they are not plain linears."""
+    if not _plain(*linears):
+        return None
+    return current if _is_fused(current, *linears) else _fuse_linears(*linears)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention through ``scaled_dot_product_attention``."""
 
@@ -212,13 +221,8 @@ class Attention(nn.Module):
 
     def fuse_projections(self) -> bool:
         """Back q/k/v by one matrix (idempotent); False when they are not plain linears."""
-        mods = (self.q_proj, self.k_proj, self.v_proj)
-        if not _plain(*mods):
-            self._qkv = None
-            return False
-        if not _is_fused(self._qkv, *mods):
-            self._qkv = _fuse_linears(*mods)
-        return True
+        self._qkv = _fused(self._qkv, self.q_proj, self.k_proj, self.v_proj)
+        return self._qkv is not None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
@@ -270,13 +274,8 @@ class MLP(nn.Module):
 
     def fuse_projections(self) -> bool:
         """Back gate and up by one matrix (idempotent); False when they are not plain linears."""
-        mods = (self.gate_proj, self.up_proj)
-        if not _plain(*mods):
-            self._gate_up = None
-            return False
-        if not _is_fused(self._gate_up, *mods):
-            self._gate_up = _fuse_linears(*mods)
-        return True
+        self._gate_up = _fused(self._gate_up, self.gate_proj, self.up_proj)
+        return self._gate_up is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._gate_up is not None and not self.training:

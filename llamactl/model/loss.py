@@ -128,7 +128,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         weight: (V, d) LM head weight.
         targets: (N,) token ids; ``-100`` is ignored.
         chunk_size: tokens per chunk; peak extra memory is about ``chunk_size * V * 8`` bytes
-            (the fp32 chunk logits and logsumexp's temporary), plus a (V, d) fp32 weight gradient.
+            (the fp32 chunk logits and logsumexp's temporary; half that compiled, with bf16
+            logits and gradient), plus a (V, d) fp32 weight gradient.
         compiled: compute each chunk's softmax and gradient with a ``torch.compile``-d function
             (two fused kernels over compute-dtype logits, no fp32 copy of them); what
             ``model.compile`` turns on.
