@@ -13,9 +13,11 @@
 #       GPU2+3  FSDP2 on 2 GPUs, 12 steps each: all speed options, then without compile, without
 #             cuDNN/fused AdamW, plain (full tracebacks); then GPU3 train_throughput mb4 fast-layers
 #             with the eager vs the compiled loss, GPU2 mb8 fast-layers
-#   bash benchmarks/gpu_suite.sh final    # 4-GPU host, ~6 min: GPU0 decode table + gpu tests while GPUs 1-2 run
-#       FSDP2 --gpus 2 (sharded save at step 8, resume from it, reshard_after_forward=false) and GPU3 the
-#       1-GPU baseline; then FSDP2 --gpus 4. 16 steps each, all speed options, micro-batch 4 per GPU
+#   bash benchmarks/gpu_suite.sh final    # 4-GPU host, ~7 min: GPU0 200-step loss check HF vs all options,
+#       GPUs 1-2 FSDP2 --gpus 2 (sharded save at step 8, resume from it, reshard_after_forward=false),
+#       GPU3 the 1-GPU baseline (no FSDP) + a profile of fast-layers; then FSDP2 --gpus 4.
+#       16 steps each, all speed options, micro-batch 4 per GPU. (Its 2026-11-28 run also had the
+#       decode table on GPU0: benchmarks/generate.py --repeats 5 --modes graph,compile.)
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
 #       sharded checkpoints) 30 steps, the same resumed from its step-15 checkpoint, `--gpus 2` when
 #       N > 2, then one GPU with the same options (the scaling baseline); ~8 minutes on 4 GPUs
@@ -116,31 +118,36 @@ elif [ "$PHASE" = ab ]; then
   (cd "$W" && tar czf "$OUT/ab.tgz" dec-*.json f2-*.log $(find f2-* -name 'train*.log' -o -name metrics.jsonl) 2>/dev/null)
   tail -n 4 "$OUT"/*.log; grep -h "exit" "$W"/f2-*.log
   (cd "$OUT" && tar czf logs.tgz ./*.log gpus.txt && rm -f ./*.log gpus.txt)  # at most 8 files come back
-elif [ "$PHASE" = final ]; then  # 4-GPU host, ~6 minutes: decode table on GPU0 while FSDP2 runs on the others
+elif [ "$PHASE" = final ]; then  # 4-GPU host, ~7 minutes
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
   prep || { echo "prepare-data failed"; tail -20 "$OUT/prepare.log"; exit 1; }
-  FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3 --no-sample eval_loader=null)
+  FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3)
   tr() {  # NAME GPUS [args...]: 16 steps of the 1B shape, micro-batch 4 per GPU, all speed options
     local name=$1 n=$2; shift 2; local g=(); [ "$n" -gt 1 ] && g=(--gpus "$n")
     LLAMACTL_DEBUG=1 timeout 170 $PY -m llamactl train "${C4[@]}" "${g[@]}" --runs-dir "$W/$name" --duration 16ba \
-      "${FS[@]}" global_train_batch_size=$((4 * n)) device_train_microbatch_size=4 "$@" > "$W/$name.log" 2>&1
+      --no-sample eval_loader=null global_train_batch_size=$((4 * n)) device_train_microbatch_size=4 "$@" \
+      > "$W/$name.log" 2>&1
     echo "$name exit $?" | tee -a "$W/$name.log"; }
-  ( export CUDA_VISIBLE_DEVICES=0
-    timeout 300 $PY benchmarks/generate.py --new-tokens 256 --hf-repeats 1 --repeats 5 --modes graph,compile \
-      --out "$OUT/generate.json" > "$OUT/generate.log" 2>&1; echo "generate exit $?" >> "$OUT/generate.log"
-    timeout 80 $PY -m pytest tests/test_generate_engine.py tests/test_model_decode.py -q -m gpu -p no:cacheprovider \
-      >> "$OUT/generate.log" 2>&1; echo "gpu tests exit $?" >> "$OUT/generate.log" ) &
+  ( export CUDA_VISIBLE_DEVICES=0  # correctness at speed: 200 steps, HF vs every option (compiled loss)
+    timeout 420 $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
+      --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
+      --out "$OUT/losscheck.json" > "$W/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$W/losscheck.log" ) &
   ( export CUDA_VISIBLE_DEVICES=1,2
-    tr fsdp2 2 --save-interval 8ba
+    tr fsdp2 2 "${FS[@]}" --save-interval 8ba
     R=$(ls -d "$W"/fsdp2/*/ | head -1)
-    tr fsdp2-resume 2 --save-interval 1000ba save_weights_only=true "load_path=${R}checkpoints/ep0-ba8"
-    tr fsdp2-keep 2 --save-interval 1000ba save_weights_only=true fsdp_config.reshard_after_forward=false ) &
-  ( export CUDA_VISIBLE_DEVICES=3; tr one 1 --save-interval 1000ba save_weights_only=true ) &
+    tr fsdp2-resume 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true "load_path=${R}checkpoints/ep0-ba8"
+    tr fsdp2-keep 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.reshard_after_forward=false
+  ) &
+  ( export CUDA_VISIBLE_DEVICES=3  # the scaling baseline (no FSDP), then where a step's time goes now
+    tr one 1 --save-interval 1000ba save_weights_only=true
+    timeout 200 $PY benchmarks/train_throughput.py --variants fast-layers --micro-batch 4 --steps 30 \
+      --profile fast-layers --out "$W/train-profile.json" > "$W/train-profile.log" 2>&1
+    cp "$REPO"/benchmarks/results/profile-fast-layers-mb4.txt "$OUT/" 2>/dev/null ) &
   wait
-  tr fsdp4 4 --save-interval 1000ba save_weights_only=true
+  tr fsdp4 4 "${FS[@]}" --save-interval 1000ba save_weights_only=true
   (cd "$W" && tar czf "$OUT/final-runs.tgz" ./*.log $(find fsdp* one -name 'train*.log' -o -name metrics.jsonl \
      -o -name summary.json -o -name config.yaml) 2>/dev/null)
-  tail -n 4 "$OUT"/*.log; grep -h " exit " "$W"/*.log
+  tail -n 4 "$W"/*.log; grep -h " exit " "$W"/*.log
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
   N=$(nvidia-smi -L | wc -l)
