@@ -36,7 +36,7 @@ from llamactl.model.llama import DECODE_ATTENTION, Llama, set_decode_attention  
 from llamactl.model.presets import preset  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# benchmark mode -> (Generator mode, Inductor options); "compile-plain" is compile without tuning
+# benchmark mode -> Inductor options of Generator(mode="compile"); "compile-plain" is compile untuned
 COMPILE_VARIANTS = {"compile": DEFAULT_COMPILE_OPTIONS,
                     "compile-autotune": {**DEFAULT_COMPILE_OPTIONS, "max_autotune": True},
                     "compile-plain": {}}

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llamactl.generation import Generator, SamplingConfig
+from llamactl.model import llama as llama_module
 from llamactl.model.kv_cache import cache_attention_mask
 from llamactl.model.llama import DECODE_ATTENTION, Llama, grouped_decode_attention, repeat_kv, set_decode_attention
 from llamactl.model.presets import preset
@@ -83,13 +84,14 @@ def test_every_decode_attention_equals_sdpa_over_repeated_heads(name):
     # and through the model: greedy tokens equal the plain path's
     model = _model(num_key_value_heads=2)
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+    default = llama_module._DECODE_ATTENTION
     try:
         set_decode_attention("repeat")
         plain = Generator(model, mode="eager", fuse=False).generate(prompts, SamplingConfig(max_new_tokens=12))
         set_decode_attention(name)
         fast = Generator(model, mode="eager").generate(prompts, SamplingConfig(max_new_tokens=12))
     finally:
-        set_decode_attention("sdpa-gqa")
+        set_decode_attention(default)
     assert fast.tokens == plain.tokens
 
 

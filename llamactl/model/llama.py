@@ -220,9 +220,10 @@ class Attention(nn.Module):
         self._qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def fuse_projections(self) -> bool:
-        """Back q/k/v by one matrix (idempotent); False when they are not plain linears."""
-        self._qkv = _fused(self._qkv, self.q_proj, self.k_proj, self.v_proj)
-        return self._qkv is not None
+        """Back q/k/v by one matrix (idempotent; not when they are not plain linears); returns
+        whether the fused matrix changed."""
+        old, self._qkv = self._qkv, _fused(self._qkv, self.q_proj, self.k_proj, self.v_proj)
+        return self._qkv is not old
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
@@ -239,25 +240,26 @@ class Attention(nn.Module):
         q, k = apply_rope(q, k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, cache_position)  # (B, nkv, S_max, hd)
-            if t == 1 and self.n_rep > 1 and _DECODE_ATTENTION != "repeat":
-                if _DECODE_ATTENTION in ("grouped", "grouped-reduce"):
-                    out = grouped_decode_attention(q, k, v, attn_mask, self.scaling,
-                                                   reduce=_DECODE_ATTENTION == "grouped-reduce")
-                else:
-                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
-                                                         enable_gqa=True)
-                return self.o_proj(out.transpose(1, 2).reshape(b, t, nq))
-        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
-        if _SDPA_BACKENDS is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and t > 1, scale=self.scaling)
+        if kv_cache is not None and t == 1 and self.n_rep > 1 and _DECODE_ATTENTION != "repeat":
+            # one decode query per row: attend to the shared K/V heads without copying the cache
+            if _DECODE_ATTENTION == "sdpa-gqa":
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling,
+                                                     enable_gqa=True)
+            else:
+                out = grouped_decode_attention(q, k, v, attn_mask, self.scaling,
+                                               reduce=_DECODE_ATTENTION == "grouped-reduce")
         else:
-            from torch.nn.attention import sdpa_kernel
-
-            with sdpa_kernel(_SDPA_BACKENDS):
+            k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
+            if _SDPA_BACKENDS is None:
                 out = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and t > 1, scale=self.scaling)
-        out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)  # (B, T, nh * hd)
+            else:
+                from torch.nn.attention import sdpa_kernel
+
+                with sdpa_kernel(_SDPA_BACKENDS):
+                    out = F.scaled_dot_product_attention(
+                        q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and t > 1, scale=self.scaling)
+        out = out.transpose(1, 2).reshape(b, t, nq)  # (B, T, nh * hd)
         return self.o_proj(out)
 
 
@@ -273,9 +275,9 @@ class MLP(nn.Module):
         self._gate_up: tuple[torch.Tensor, torch.Tensor | None] | None = None  # as Attention._qkv
 
     def fuse_projections(self) -> bool:
-        """Back gate and up by one matrix (idempotent); False when they are not plain linears."""
-        self._gate_up = _fused(self._gate_up, self.gate_proj, self.up_proj)
-        return self._gate_up is not None
+        """Back gate and up by one matrix, as :meth:`Attention.fuse_projections` does q/k/v."""
+        old, self._gate_up = self._gate_up, _fused(self._gate_up, self.gate_proj, self.up_proj)
+        return self._gate_up is not old
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._gate_up is not None and not self.training:
@@ -386,12 +388,8 @@ class Llama(nn.Module):
         wrapped by LoRA are left unfused. Idempotent: after the model was moved or cast, a call
         fuses again. Returns whether anything changed (a captured CUDA graph is then stale).
         """
-        before = [(layer.self_attn._qkv, layer.mlp._gate_up) for layer in self.layers]
-        for layer in self.layers:
-            layer.self_attn.fuse_projections()
-            layer.mlp.fuse_projections()
-        after = [(layer.self_attn._qkv, layer.mlp._gate_up) for layer in self.layers]
-        return any(a is not b for pair_a, pair_b in zip(before, after) for a, b in zip(pair_a, pair_b))
+        changed = [m.fuse_projections() for layer in self.layers for m in (layer.self_attn, layer.mlp)]
+        return any(changed)
 
     def reset_rope(self) -> None:
         """Recompute the (non-persistent) rotary buffer, e.g. after ``to_empty``."""

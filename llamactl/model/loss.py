@@ -10,17 +10,23 @@ targets that are not ignored).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 IGNORE_INDEX = -100
 
 
+def _lse_and_loss(x: torch.Tensor, safe: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row log-sum-exp (C,) of fp32 chunk logits x (C, V) and the chunk's summed cross-entropy."""
+    lse = torch.logsumexp(x, dim=-1)  # (C,)
+    picked = x.gather(1, safe[:, None]).squeeze(1)  # (C,)
+    return lse, ((lse - picked) * ok).sum()
+
+
 def _chunk_loss(logits: torch.Tensor, safe: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of one chunk: logits (C, V) in the compute dtype, targets (C,)."""
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)  # (C,)
-    picked = logits.gather(1, safe[:, None]).squeeze(1)  # (C,)
-    return ((lse - picked) * ok).sum()
+    return _lse_and_loss(logits.float(), safe, ok)[1]
 
 
 def _chunk_loss_and_grad(logits: torch.Tensor, safe: torch.Tensor, ok: torch.Tensor, inv_count: torch.Tensor
@@ -30,24 +36,17 @@ def _chunk_loss_and_grad(logits: torch.Tensor, safe: torch.Tensor, ok: torch.Ten
     it two kernels that read the (C, V) logits twice, instead of the ~8 full passes over an fp32
     copy that the eager form below makes (~10 % of a 1B training step on an H200)."""
     x = logits.float()
-    lse = torch.logsumexp(x, dim=-1)  # (C,)
-    picked = x.gather(1, safe[:, None]).squeeze(1)  # (C,)
-    loss = ((lse - picked) * ok).sum()
+    lse, loss = _lse_and_loss(x, safe, ok)
     onehot = torch.arange(x.shape[1], device=x.device)[None, :] == safe[:, None]  # (C, V), never stored
     grad = ((x - lse[:, None]).exp() - onehot.float()) * (ok.float() * inv_count)[:, None]
     return loss, grad.to(logits.dtype)
 
 
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled(name: str):
-    """The chunk function ``name``, compiled once per process (fixed shapes; the last, shorter
-    chunk is a second specialisation)."""
-    if name not in _COMPILED:
-        fn = {"loss": _chunk_loss, "loss_and_grad": _chunk_loss_and_grad}[name]
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
-    return _COMPILED[name]
+@functools.cache
+def _compiled(fn):
+    """``fn`` compiled once per process (fixed shapes; the last, shorter chunk is a second
+    specialisation)."""
+    return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -80,33 +79,29 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 tgt = targets[start:end]
                 ok = valid[start:end]
                 safe = torch.where(ok, tgt, torch.zeros_like(tgt))  # (C,)
+                g = None
                 if compiled:
                     logits = h @ w.t()  # (C, V), compute dtype
                     if need_h or need_w:
-                        loss, g = _compiled("loss_and_grad")(logits, safe, ok, 1.0 / count)
-                        del logits
+                        loss, g = _compiled(_chunk_loss_and_grad)(logits, safe, ok, 1.0 / count)
                     else:
-                        loss = _compiled("loss")(logits, safe, ok)
-                    total = total + loss
-                    if need_h:
-                        grad_h[start:end] = g @ w  # (C, d)
-                    if need_w:
-                        grad_w.add_((g.t() @ h).float())  # (V, d)
-                    continue
-                logits = (h @ w.t()).float()  # (C, V)
-                lse = torch.logsumexp(logits, dim=-1)  # (C,)
-                picked = logits.gather(1, safe[:, None]).squeeze(1)  # (C,)
-                total = total + ((lse - picked) * ok).sum()
-                if need_h or need_w:
-                    # In place: the softmax overwrites the logits, so a chunk holds one (C, V)
-                    # fp32 buffer instead of three (peak 3x -> 2x chunk_size * V * 4 bytes).
-                    g = logits.sub_(lse[:, None]).exp_()  # softmax, (C, V)
-                    g.scatter_add_(1, safe[:, None], torch.full_like(picked[:, None], -1.0))
-                    g = g.mul_(ok[:, None] / count).to(dtype)
-                    if need_h:
-                        grad_h[start:end] = g @ w  # (C, d)
-                    if need_w:
-                        grad_w.add_((g.t() @ h).float())  # (V, d)
+                        loss = _compiled(_chunk_loss)(logits, safe, ok)
+                    del logits
+                else:
+                    logits = (h @ w.t()).float()  # (C, V)
+                    lse, loss = _lse_and_loss(logits, safe, ok)
+                    if need_h or need_w:
+                        # In place: the softmax overwrites the logits, so a chunk holds one (C, V)
+                        # fp32 buffer instead of three (peak 3x -> 2x chunk_size * V * 4 bytes).
+                        g = logits.sub_(lse[:, None]).exp_()  # softmax, (C, V)
+                        g.scatter_add_(1, safe[:, None], torch.full_like(lse[:, None], -1.0))
+                        g = g.mul_(ok[:, None] / count).to(dtype)
+                    del logits
+                total = total + loss
+                if need_h:
+                    grad_h[start:end] = g @ w  # (C, d)
+                if need_w:
+                    grad_w.add_((g.t() @ h).float())  # (V, d)
             ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
             ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
             return total / count
