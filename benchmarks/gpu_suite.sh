@@ -16,6 +16,7 @@
 #   bash benchmarks/gpu_suite.sh final    # 4-GPU host, ~7 min: GPU0 200-step loss check HF vs all options,
 #       GPUs 1-2 FSDP2 --gpus 2 (sharded save at step 8, resume from it, reshard_after_forward=false),
 #       GPU3 the 1-GPU baseline (no FSDP) + a profile of fast-layers; then FSDP2 --gpus 4.
+#       On a 2-GPU host: the FSDP2 --gpus 2 runs, then the baseline + profile and the loss check at once.
 #       16 steps each, all speed options, micro-batch 4 per GPU. (Its 2026-11-28 run also had the
 #       decode table on GPU0: benchmarks/generate.py --repeats 5 --modes graph,compile.)
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
@@ -128,25 +129,36 @@ elif [ "$PHASE" = final ]; then  # 4-GPU host, ~7 minutes
       --no-sample eval_loader=null global_train_batch_size=$((4 * n)) device_train_microbatch_size=4 "$@" \
       > "$W/$name.log" 2>&1
     echo "$name exit $?" | tee -a "$W/$name.log"; }
-  ( export CUDA_VISIBLE_DEVICES=0  # correctness at speed: 200 steps, HF vs every option (compiled loss)
-    timeout 420 $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
+  pack() { (cd "$W" && tar czf "$OUT/final-runs.tgz" ./*.log $(find fsdp* one -name 'train*.log' -o -name metrics.jsonl \
+     -o -name summary.json -o -name config.yaml) 2>/dev/null); }
+  losscheck() {  # correctness at speed: 200 steps, HF vs every option (compiled loss)
+    timeout "$1" $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
       --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
-      --out "$OUT/losscheck.json" > "$W/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$W/losscheck.log" ) &
-  ( export CUDA_VISIBLE_DEVICES=1,2
+      --out "$OUT/losscheck.json" > "$W/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$W/losscheck.log"; }
+  fsdp2_trio() {  # on the two GPUs in CUDA_VISIBLE_DEVICES: sharded save at step 8, resume from it, no reshard
     tr fsdp2 2 "${FS[@]}" --save-interval 8ba
     R=$(ls -d "$W"/fsdp2/*/ | head -1)
     tr fsdp2-resume 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true "load_path=${R}checkpoints/ep0-ba8"
-    tr fsdp2-keep 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.reshard_after_forward=false
-  ) &
-  ( export CUDA_VISIBLE_DEVICES=3  # the scaling baseline (no FSDP), then where a step's time goes now
+    tr fsdp2-keep 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.reshard_after_forward=false; }
+  baseline_and_profile() {  # the scaling baseline (no FSDP), then where a step's time goes now
     tr one 1 --save-interval 1000ba save_weights_only=true
     timeout 200 $PY benchmarks/train_throughput.py --variants fast-layers --micro-batch 4 --steps 30 \
       --profile fast-layers --out "$W/train-profile.json" > "$W/train-profile.log" 2>&1
-    cp "$REPO"/benchmarks/results/profile-fast-layers-mb4.txt "$OUT/" 2>/dev/null ) &
-  wait
-  tr fsdp4 4 "${FS[@]}" --save-interval 1000ba save_weights_only=true
-  (cd "$W" && tar czf "$OUT/final-runs.tgz" ./*.log $(find fsdp* one -name 'train*.log' -o -name metrics.jsonl \
-     -o -name summary.json -o -name config.yaml) 2>/dev/null)
+    cp "$REPO"/benchmarks/results/profile-fast-layers-mb4.txt "$OUT/" 2>/dev/null; }
+  if [ "$(nvidia-smi -L | wc -l)" -ge 4 ]; then
+    ( export CUDA_VISIBLE_DEVICES=0; losscheck 420 ) &
+    ( export CUDA_VISIBLE_DEVICES=1,2; fsdp2_trio ) &
+    ( export CUDA_VISIBLE_DEVICES=3; baseline_and_profile ) &
+    wait
+    tr fsdp4 4 "${FS[@]}" --save-interval 1000ba save_weights_only=true
+  else  # a 2-GPU host: the FSDP2 runs first, then the baseline + profile and the loss check side by side
+    ( export CUDA_VISIBLE_DEVICES=0,1; fsdp2_trio )
+    pack
+    ( export CUDA_VISIBLE_DEVICES=0; baseline_and_profile ) &
+    ( export CUDA_VISIBLE_DEVICES=1; losscheck "${LOSSCHECK_S:-300}" ) &
+    wait
+  fi
+  pack
   tail -n 4 "$W"/*.log; grep -h " exit " "$W"/*.log
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
