@@ -19,6 +19,9 @@
 #       On a 2-GPU host: the FSDP2 --gpus 2 runs, then the baseline + profile and the loss check at once.
 #       16 steps each, all speed options, micro-batch 4 per GPU. (Its 2026-11-28 run also had the
 #       decode table on GPU0: benchmarks/generate.py --repeats 5 --modes graph,compile.)
+#   bash benchmarks/gpu_suite.sh scale    # 2-GPU host, ~8 min: GPU0 the 1-GPU baseline + profile, FSDP2 in
+#       one process; GPU1 the 200-step loss check; then benchmarks/train_throughput.py under torchrun
+#       (FSDP2 on 2 GPUs, a profile per rank) and FSDP2 with bf16 gradient reduction (mixed_precision=PURE)
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
 #       sharded checkpoints) 30 steps, the same resumed from its step-15 checkpoint, `--gpus 2` when
 #       N > 2, then one GPU with the same options (the scaling baseline); ~8 minutes on 4 GPUs
@@ -27,7 +30,7 @@
 # Results go to $OUT (or /tmp/llamactl-suite/out): JSON from the benchmarks, logs, and one tarball
 # with every run's metrics.jsonl / summary.json / train.log.
 set -u
-PHASE=${1:?usage: gpu_suite.sh single|ab|final|fsdp}
+PHASE=${1:?usage: gpu_suite.sh single|ab|final|scale|fsdp}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 W=/tmp/llamactl-suite
 OUT=${OUT:-$W/out}
@@ -49,6 +52,31 @@ bundle() {  # every run directory's small files, in one tarball
   (cd "$W" && find . -path ./out -prune -o \( -name metrics.jsonl -o -name summary.json -o -name 'train*.log' \
      -o -name config.yaml \) -print | tar czf "$OUT/runs-$PHASE.tgz" -T -)
 }
+
+# --- the final and scale phases' runs
+FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3)
+tr() {  # NAME GPUS [args...]: 16 steps of the 1B shape, micro-batch 4 per GPU, all speed options
+  local name=$1 n=$2; shift 2; local g=(); [ "$n" -gt 1 ] && g=(--gpus "$n")
+  LLAMACTL_DEBUG=1 timeout 170 $PY -m llamactl train "${C4[@]}" "${g[@]}" --runs-dir "$W/$name" --duration 16ba \
+    --no-sample eval_loader=null global_train_batch_size=$((4 * n)) device_train_microbatch_size=4 "$@" \
+    > "$W/$name.log" 2>&1
+  echo "$name exit $?" | tee -a "$W/$name.log"; }
+pack() { (cd "$W" && tar czf "$OUT/final-runs.tgz" ./*.log $(find fsdp* one* -name 'train*.log' -o -name metrics.jsonl \
+   -o -name summary.json -o -name config.yaml) 2>/dev/null); }
+losscheck() {  # correctness at speed: 200 steps, HF vs every option (compiled loss)
+  timeout "$1" $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
+    --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
+    --out "$OUT/losscheck.json" > "$W/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$W/losscheck.log"; }
+fsdp2_trio() {  # on the two GPUs in CUDA_VISIBLE_DEVICES: sharded save at step 8, resume from it, no reshard
+  tr fsdp2 2 "${FS[@]}" --save-interval 8ba
+  R=$(ls -d "$W"/fsdp2/*/ | head -1)
+  tr fsdp2-resume 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true "load_path=${R}checkpoints/ep0-ba8"
+  tr fsdp2-keep 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.reshard_after_forward=false; }
+baseline_and_profile() {  # the scaling baseline (no FSDP), then where a step's time goes now
+  tr one 1 --save-interval 1000ba save_weights_only=true
+  timeout 200 $PY benchmarks/train_throughput.py --variants fast-layers --micro-batch 4 --steps 30 \
+    --profile fast-layers --out "$W/train-profile.json" > "$W/train-profile.log" 2>&1
+  cp "$REPO"/benchmarks/results/profile-fast-layers-mb4.txt "$OUT/" 2>/dev/null; }
 
 if [ "$PHASE" = single ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
@@ -122,29 +150,6 @@ elif [ "$PHASE" = ab ]; then
 elif [ "$PHASE" = final ]; then  # 4-GPU host, ~7 minutes
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
   prep || { echo "prepare-data failed"; tail -20 "$OUT/prepare.log"; exit 1; }
-  FS=(fsdp_config.state_dict_type=sharded save_num_checkpoints_to_keep=3)
-  tr() {  # NAME GPUS [args...]: 16 steps of the 1B shape, micro-batch 4 per GPU, all speed options
-    local name=$1 n=$2; shift 2; local g=(); [ "$n" -gt 1 ] && g=(--gpus "$n")
-    LLAMACTL_DEBUG=1 timeout 170 $PY -m llamactl train "${C4[@]}" "${g[@]}" --runs-dir "$W/$name" --duration 16ba \
-      --no-sample eval_loader=null global_train_batch_size=$((4 * n)) device_train_microbatch_size=4 "$@" \
-      > "$W/$name.log" 2>&1
-    echo "$name exit $?" | tee -a "$W/$name.log"; }
-  pack() { (cd "$W" && tar czf "$OUT/final-runs.tgz" ./*.log $(find fsdp* one -name 'train*.log' -o -name metrics.jsonl \
-     -o -name summary.json -o -name config.yaml) 2>/dev/null); }
-  losscheck() {  # correctness at speed: 200 steps, HF vs every option (compiled loss)
-    timeout "$1" $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
-      --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
-      --out "$OUT/losscheck.json" > "$W/losscheck.log" 2>&1; echo "losscheck exit $?" >> "$W/losscheck.log"; }
-  fsdp2_trio() {  # on the two GPUs in CUDA_VISIBLE_DEVICES: sharded save at step 8, resume from it, no reshard
-    tr fsdp2 2 "${FS[@]}" --save-interval 8ba
-    R=$(ls -d "$W"/fsdp2/*/ | head -1)
-    tr fsdp2-resume 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true "load_path=${R}checkpoints/ep0-ba8"
-    tr fsdp2-keep 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.reshard_after_forward=false; }
-  baseline_and_profile() {  # the scaling baseline (no FSDP), then where a step's time goes now
-    tr one 1 --save-interval 1000ba save_weights_only=true
-    timeout 200 $PY benchmarks/train_throughput.py --variants fast-layers --micro-batch 4 --steps 30 \
-      --profile fast-layers --out "$W/train-profile.json" > "$W/train-profile.log" 2>&1
-    cp "$REPO"/benchmarks/results/profile-fast-layers-mb4.txt "$OUT/" 2>/dev/null; }
   if [ "$(nvidia-smi -L | wc -l)" -ge 4 ]; then
     ( export CUDA_VISIBLE_DEVICES=0; losscheck 420 ) &
     ( export CUDA_VISIBLE_DEVICES=1,2; fsdp2_trio ) &
@@ -160,6 +165,24 @@ elif [ "$PHASE" = final ]; then  # 4-GPU host, ~7 minutes
   fi
   pack
   tail -n 4 "$W"/*.log; grep -h " exit " "$W"/*.log
+elif [ "$PHASE" = scale ]; then  # 2-GPU host, ~8 minutes: where the FSDP2 step time goes
+  nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
+  prep || { echo "prepare-data failed"; tail -20 "$OUT/prepare.log"; exit 1; }
+  ( export CUDA_VISIBLE_DEVICES=0
+    baseline_and_profile                   # 1 GPU, no FSDP: llamactl train, then the kernel profile
+    tr one-fsdp 1 "${FS[@]}" --save-interval 1000ba save_weights_only=true ) &  # FSDP2 in one process: no comms
+  ( export CUDA_VISIBLE_DEVICES=1; losscheck "${LOSSCHECK_S:-300}" ) &
+  wait
+  pack
+  # FSDP2 on both GPUs under the benchmark (same data, same options): tokens/s per GPU and a profile per rank
+  CUDA_VISIBLE_DEVICES=0,1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 150 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/train_throughput.py \
+      --single fast-layers:24 --micro-batch 4 --data "$W/c4_small" --split train_small --profile fast-layers \
+      --extra fsdp_config.state_dict_type=sharded > "$W/tt-fsdp2.log" 2>&1; echo "tt-fsdp2 exit $?" >> "$W/tt-fsdp2.log"
+  pack
+  ( export CUDA_VISIBLE_DEVICES=0,1   # bf16 gradient reduce-scatter instead of fp32 (Composer's PURE)
+    tr fsdp2-pure 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.mixed_precision=PURE )
+  pack
+  grep -h "RESULT\|profile of" "$W"/tt-fsdp2.log | cut -c1-400; grep -h " exit " "$W"/*.log
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
   N=$(nvidia-smi -L | wc -l)

@@ -78,10 +78,19 @@ def base_config(args, data_dir: Path, runs: Path) -> dict:
         "scheduler": {"name": "constant_with_warmup", "t_warmup": "0ba"},
         "algorithms": {"gradient_clipping": {"clipping_type": "norm", "clipping_threshold": 1.0}},
         "precision": "amp_bf16" if torch.cuda.is_available() else "fp32",
-        "global_train_batch_size": args.micro_batch * args.accum,
+        "global_train_batch_size": args.micro_batch * args.accum * world_size(),
         "device_train_microbatch_size": args.micro_batch,
         "save_interval": "100000ba", "eval_interval": "100000ba", "log_interval": "1ba",
     }
+
+
+def world_size() -> int:
+    """Processes of this run: > 1 when a variant runs under ``torchrun`` (``--single`` with FSDP)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def profile_callback(start: int, steps: int, out: Path):
@@ -111,7 +120,8 @@ def profile_callback(start: int, steps: int, out: Path):
                 lines.append(f"{e.device_time_total / total:6.1%}  {e.device_time_total / 1e3 / steps:8.2f} ms/step"
                              f"  x{e.count // steps:<4} {e.key[:110]}")
             text = "\n".join(lines)
-            print(text, flush=True)
+            if rank() == 0:
+                print(text, flush=True)
             out.write_text(text + "\n")
             self.prof = None
 
@@ -131,7 +141,16 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
     cfg_path.write_text(yaml.safe_dump(base_config(args, data_dir, runs)))
     data = load_yaml_dict(cfg_path, [*overrides, f"max_duration={steps}ba", *args.extra])
     cfg = build(TrainConfig, data, "")
-    run_dir = new_run_dir(runs, f"bench-{name}")
+    world = world_size()
+    if world > 1:  # join the process group first, then one run directory for every rank, as `llamactl train --gpus`
+        from composer.devices import DeviceCPU, DeviceGPU
+        from composer.utils import dist
+
+        dist.initialize_dist(DeviceGPU() if torch.cuda.is_available() else DeviceCPU(), timeout=600)
+        run_dir = runs / f"bench-{name}-{world}gpus"
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(runs, f"bench-{name}")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -139,7 +158,9 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
     extra = []
     if args.profile and name == args.profile and torch.cuda.is_available():
         out_dir = Path(os.environ.get("OUT", REPO / "benchmarks" / "results"))
-        extra.append(profile_callback(start=steps - 4, steps=3, out=out_dir / f"profile-{name}-mb{args.micro_batch}.txt"))
+        tag = f"-{world}gpus-rank{rank()}" if world > 1 else ""
+        extra.append(profile_callback(start=steps - 4, steps=3,
+                                      out=out_dir / f"profile-{name}-mb{args.micro_batch}{tag}.txt"))
     built = build_trainer(cfg, run_dir, extra_callbacks=extra)
     built.trainer.fit()
     wall = time.perf_counter() - t0
@@ -156,11 +177,12 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
     peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     import shutil
 
-    shutil.rmtree(run_dir, ignore_errors=True)  # a 1B checkpoint is 9 GB; the next variant needs the disk
+    if rank() == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a 1B checkpoint is 9 GB; the next variant needs the disk
     res = {
         "variant": name, "overrides": overrides, "steps": len(hist), "micro_batch": args.micro_batch,
-        "seq": args.seq, "tokens_per_s": round(tps, 1),
-        "mfu": round(tps * flops_tok / peak, 4) if peak else None,
+        "seq": args.seq, "gpus": world, "tokens_per_s": round(tps, 1), "tokens_per_s_per_gpu": round(tps / world, 1),
+        "mfu": round(tps / world * flops_tok / peak, 4) if peak else None,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "wall_s": round(wall, 1), "losses": [round(h["loss"], 5) for h in hist],
     }
@@ -191,7 +213,9 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="extra key=value overrides for every variant")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", default=None, help="profile this variant's last steps (top CUDA kernels)")
-    ap.add_argument("--single", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
+    ap.add_argument("--single", default=None, metavar="NAME:STEPS",
+                    help="run one variant in this process and print its RESULT json (with --data); under "
+                         "torchrun with --extra fsdp_config.* this measures FSDP on N GPUs")
     ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -203,7 +227,8 @@ def main() -> None:
         name, steps = args.single.split(":")
         runs = Path(os.environ.get("LLAMACTL_BENCH_RUNS") or Path(args.data).parent / "runs")
         r = run_variant(name, VARIANTS[name], args, Path(args.data), runs, int(steps))
-        print("RESULT " + json.dumps(r), flush=True)
+        if rank() == 0:
+            print("RESULT " + json.dumps(r), flush=True)
         return
     work = Path(tempfile.mkdtemp(prefix="llamactl-bench-"))
     samples = max(args.steps, args.loss_check) * args.micro_batch * args.accum + 64

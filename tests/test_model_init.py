@@ -62,6 +62,11 @@ def test_meta_init_equals_eager_init() -> None:
     eager.init_weights(5)
     for (name, p), q in zip(meta_model(seed=5).state_dict().items(), eager.state_dict().values()):
         assert torch.equal(p, q), name
+    fresh = Llama.fresh(CFG, seed=5)  # what `llamactl train` builds from scratch
+    assert fresh.lm_head.weight is fresh.embed_tokens.weight
+    for (name, p), q in zip(fresh.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert torch.equal(fresh.inv_freq, eager.inv_freq)
 
 
 def test_rope_buffer_is_recomputed_after_to_empty() -> None:

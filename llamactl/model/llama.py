@@ -349,6 +349,18 @@ class Llama(nn.Module):
         self.compile_loss = False  # the loss's per-chunk softmax/gradient through torch.compile
 
     # ------------------------------------------------------------------ weights
+    @classmethod
+    def fresh(cls, config: LlamaConfig, *, seed: int | None = None, device: str | torch.device = "cpu") -> Llama:
+        """A freshly initialised model: built on the meta device, materialised on ``device``, filled
+        by :meth:`init_weights`. The same weights as ``Llama(config)`` then ``init_weights(seed)``,
+        without ``nn.Linear``'s default init of every matrix first, which is thrown away (24 s of
+        the 1B shape's start on one CPU thread, as each process under ``torchrun`` has)."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
+        model.init_weights(seed=seed)
+        return model
+
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """Fill every parameter as transformers does for a fresh Llama: N(0, initializer_range)

@@ -65,8 +65,7 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
                 source = resolve_model_source(m.pretrained_model_name_or_path)
                 config = source_config(m.pretrained_model_name_or_path, source=source)
                 config = config.replace(**m.config_overrides)
-                model, tok_dir = Llama(config), source.tokenizer_dir
-                model.init_weights(seed=seed)
+                model, tok_dir = Llama.fresh(config, seed=seed), source.tokenizer_dir
             return model, (str(tok_dir) if tok_dir else None)
         if not m.preset:
             raise ConfigError("set model.preset (e.g. tiny, llama-3.2-1b) or model.pretrained_model_name_or_path")
@@ -77,9 +76,7 @@ def build_llama(cfg: TrainConfig) -> tuple[Llama, str | None]:
         raise ConfigError(f"model: {e}") from e
     except TypeError as e:
         raise ConfigError(f"model.config_overrides: {e}") from e
-    model = Llama(config)
-    model.init_weights(seed=seed)
-    return model, None
+    return Llama.fresh(config, seed=seed), None
 
 
 def load_tokenizer(name: str | None, fallback_dir: str | None):
