@@ -22,6 +22,9 @@
 #   bash benchmarks/gpu_suite.sh scale    # 2-GPU host, ~8 min: GPU0 the 1-GPU baseline + profile, FSDP2 in
 #       one process; GPU1 the 200-step loss check; then benchmarks/train_throughput.py under torchrun
 #       (FSDP2 on 2 GPUs, a profile per rank) and FSDP2 with bf16 gradient reduction (mixed_precision=PURE)
+#   bash benchmarks/gpu_suite.sh scale-tuned  # 2-GPU host, ~6 min: the link (nvidia-smi topo), 1 GPU at
+#       micro-batch 8, FSDP2 --gpus 2 at micro-batch 8, then with reshard_after_forward=false and bf16
+#       gradient reduction (mixed_precision=PURE) at micro-batch 8 and 4
 #   bash benchmarks/gpu_suite.sh fsdp     # `llamactl train --gpus N` on all N GPUs of the host (FSDP2,
 #       sharded checkpoints) 30 steps, the same resumed from its step-15 checkpoint, `--gpus 2` when
 #       N > 2, then one GPU with the same options (the scaling baseline); ~8 minutes on 4 GPUs
@@ -30,7 +33,7 @@
 # Results go to $OUT (or /tmp/llamactl-suite/out): JSON from the benchmarks, logs, and one tarball
 # with every run's metrics.jsonl / summary.json / train.log.
 set -u
-PHASE=${1:?usage: gpu_suite.sh single|ab|final|scale|fsdp}
+PHASE=${1:?usage: gpu_suite.sh single|ab|final|scale|scale-tuned|fsdp}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 W=/tmp/llamactl-suite
 OUT=${OUT:-$W/out}
@@ -183,6 +186,22 @@ elif [ "$PHASE" = scale ]; then  # 2-GPU host, ~8 minutes: where the FSDP2 step 
     tr fsdp2-pure 2 "${FS[@]}" --save-interval 1000ba save_weights_only=true fsdp_config.mixed_precision=PURE )
   pack
   grep -h "RESULT\|profile of" "$W"/tt-fsdp2.log | cut -c1-400; grep -h " exit " "$W"/*.log
+elif [ "$PHASE" = scale-tuned ]; then  # 2-GPU host, ~6 minutes: FSDP2 with less traffic, and micro-batch 8
+  nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.txt"
+  nvidia-smi topo -m >> "$OUT/gpus.txt" 2>&1
+  prep || { echo "prepare-data failed"; tail -20 "$OUT/prepare.log"; exit 1; }
+  MB8=(global_train_batch_size=8 device_train_microbatch_size=8)
+  TUNED=(fsdp_config.reshard_after_forward=false fsdp_config.mixed_precision=PURE)
+  W1=(--save-interval 1000ba save_weights_only=true)
+  CUDA_VISIBLE_DEVICES=0 tr one-mb8 1 "${W1[@]}" "${MB8[@]}"
+  export CUDA_VISIBLE_DEVICES=0,1
+  tr fsdp2-mb8 2 "${FS[@]}" "${W1[@]}" global_train_batch_size=16 device_train_microbatch_size=8
+  pack
+  tr fsdp2-mb8-tuned 2 "${FS[@]}" "${W1[@]}" global_train_batch_size=16 device_train_microbatch_size=8 "${TUNED[@]}"
+  pack
+  tr fsdp2-tuned 2 "${FS[@]}" "${W1[@]}" "${TUNED[@]}"
+  pack
+  grep -h " exit " "$W"/*.log
 elif [ "$PHASE" = fsdp ]; then
   prep || exit 1
   N=$(nvidia-smi -L | wc -l)
