@@ -245,3 +245,21 @@ def test_dry_run_speed_follows_the_measured_micro_batch_points():
     assert points[4] < expected_mfu("custom", True, 6) < points[8]
     assert expected_mfu("custom", True, 1) == points[4] and expected_mfu("custom", True, 32) == points[8]
     assert expected_mfu("hf", False, 8) == MEASURED_MFU[("hf", False)][4]
+
+
+def test_summary_speed_leaves_out_the_warm_up_but_not_later_pauses() -> None:
+    """The summary's tokens/s is the second half's rate: a slow first step (compilation) does not
+    drag it down, a checkpoint pause inside the second half does; MFU scales with it."""
+    from llamactl.services.train import steady_throughput
+
+    def history(times: list[float]) -> list[dict]:
+        return [{"step": i + 1, "tokens": 100 * (i + 1), "elapsed_s": t, "tokens_per_s": 1.0, "mfu": 0.5}
+                for i, t in enumerate(times)]
+
+    warm = history([10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0])  # 10 s to compile, then 1 s a step
+    tps, mfu = steady_throughput(warm)
+    assert tps == pytest.approx(100.0) and mfu == pytest.approx(50.0)
+    paused = history([1.0, 2.0, 3.0, 4.0, 5.0, 16.0, 17.0, 18.0])  # a 10 s save after step 5
+    assert steady_throughput(paused)[0] == pytest.approx(400 / 14)
+    assert steady_throughput(history([1.0])) == (1.0, 0.5)  # too short: the rolling rate
+    assert steady_throughput([]) == (None, None)

@@ -127,6 +127,26 @@ def _clean_stale_shared_memory() -> None:
     clean_stale_shared_memory()
 
 
+def steady_throughput(history: list[dict]) -> tuple[float | None, float | None]:
+    """Tokens/s and MFU of the run's second half, from the step records' tokens and timestamps.
+
+    The first steps hold compilation and warm-up (the first step of a compiled 1B run takes seconds),
+    so they are left out; pauses inside the second half (checkpoints, evaluation) stay in, as the
+    user pays for them. Runs too short for two halves fall back to the last record's rolling rate.
+    """
+    recs = [r for r in history if r.get("elapsed_s") is not None and r.get("tokens") is not None]
+    last = next((r for r in reversed(history) if r.get("tokens_per_s")), None)
+    if not last:
+        return None, None
+    tps = last["tokens_per_s"]
+    if len(recs) >= 4:
+        a, b = recs[len(recs) // 2 - 1], recs[-1]
+        if b["elapsed_s"] > a["elapsed_s"] and b["tokens"] > a["tokens"]:
+            tps = (b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"])
+    mfu = tps * last["mfu"] / last["tokens_per_s"] if last.get("mfu") is not None else None  # MFU is tokens/s scaled
+    return tps, mfu
+
+
 def _init_process_group(timeout: float) -> None:
     """Join the process group before anything else runs in this process (Composer would do it later,
     inside the Trainer, after the model and data loaders exist). Early, the ranks reach the
@@ -250,16 +270,14 @@ def train(config: TrainConfig | str | Path | None = None, *, overrides: list[str
         from llamactl.training.callbacks import read_metrics
 
         history, evals = read_metrics(run)
-        tps = [r["tokens_per_s"] for r in history if r.get("tokens_per_s")]
-        mfus = [r["mfu"] for r in history if r.get("mfu") is not None]
-        tail = max(1, len(tps) // 2)  # steady state: the second half of the run
+        steady_tps, steady_mfu = steady_throughput(history)
         result = TrainResult(
             run_dir=run, steps=steps, tokens=tokens,
             first_loss=history[0]["loss"] if history else None,
             final_loss=history[-1]["loss"] if history else None,
             elapsed_s=round(elapsed, 2),
-            tokens_per_s=round(sum(tps[-tail:]) / len(tps[-tail:]), 1) if tps else None,
-            mfu=round(sum(mfus[-tail:]) / len(mfus[-tail:]), 4) if mfus else None,
+            tokens_per_s=round(steady_tps, 1) if steady_tps else None,
+            mfu=round(steady_mfu, 4) if steady_mfu is not None else None,
             eval=evals[-1]["eval"] if evals else {},
             checkpoint=latest_checkpoint(run), resumed_from_step=resumed_from, device=built.device)
         del recorder
