@@ -263,3 +263,24 @@ def test_summary_speed_leaves_out_the_warm_up_but_not_later_pauses() -> None:
     assert steady_throughput(paused)[0] == pytest.approx(400 / 14)
     assert steady_throughput(history([1.0])) == (1.0, 0.5)  # too short: the rolling rate
     assert steady_throughput([]) == (None, None)
+
+
+def test_dry_run_on_several_gpus_uses_the_measured_fsdp2_scaling():
+    """--gpus N with FSDP2 expects N x one GPU x the measured scaling; FSDP1 and one GPU: no loss."""
+    from llamactl.config.load import build, load_yaml_dict
+    from llamactl.config.schema import TrainConfig
+    from llamactl.training.plan import FSDP2_SCALING, plan_run
+
+    def plan(gpus: int, *overrides: str):
+        data = load_yaml_dict(REPO / "yamls" / "llama3-1b-c4.yaml",
+                              ["model.compile=true", "device_train_microbatch_size=8", *overrides])
+        return plan_run(build(TrainConfig, data, ""), gpus=gpus, device_name="NVIDIA H200")
+
+    one = plan(1)
+    two = plan(2, "fsdp_config.state_dict_type=sharded")
+    assert two.expected_tokens_per_s == pytest.approx(2 * FSDP2_SCALING[8] * one.expected_tokens_per_s)
+    assert two.expected_mfu == pytest.approx(FSDP2_SCALING[8] * one.expected_mfu)
+    assert any("FSDP2 on 2 GPUs" in n for n in two.notes)
+    assert two.memory_gib["optimizer"] == pytest.approx(one.memory_gib["optimizer"] / 2, abs=0.01)
+    fsdp1 = plan(2, "fsdp_config.version=1")
+    assert fsdp1.expected_tokens_per_s == pytest.approx(2 * one.expected_tokens_per_s)
