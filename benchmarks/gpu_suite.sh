@@ -65,7 +65,7 @@ tr() {  # NAME GPUS [args...]: 16 steps of the 1B shape, micro-batch 4 per GPU, 
     > "$W/$name.log" 2>&1
   echo "$name exit $?" | tee -a "$W/$name.log"; }
 pack() { (cd "$W" && tar czf "$OUT/final-runs.tgz" ./*.log $(find fsdp* one* -name 'train*.log' -o -name metrics.jsonl \
-   -o -name summary.json -o -name config.yaml) 2>/dev/null); }
+   -o -name summary.json -o -name config.yaml 2>/dev/null)) 2>/dev/null; }  # a run not yet started: no folder
 losscheck() {  # correctness at speed: 200 steps, HF vs every option (compiled loss)
   timeout "$1" $PY benchmarks/train_throughput.py --variants "" --loss-check 200 \
     --loss-check-variants hf,fast-layers --micro-batch 4 --data-dir "$W/c4_small" --split train_small \
