@@ -262,6 +262,9 @@ def test_summary_speed_leaves_out_the_warm_up_but_not_later_pauses() -> None:
     paused = history([1.0, 2.0, 3.0, 4.0, 5.0, 16.0, 17.0, 18.0])  # a 10 s save after step 5
     assert steady_throughput(paused)[0] == pytest.approx(400 / 14)
     assert steady_throughput(history([1.0])) == (1.0, 0.5)  # too short: the rolling rate
+    # resumed after step 4: the new process's clock restarts; only its steps 5-12 count
+    resumed = history([50.0, 51.0, 52.0, 53.0, 20.0, 22.0, 24.0, 26.0, 28.0, 30.0, 32.0, 34.0])
+    assert steady_throughput(resumed)[0] == pytest.approx(50.0)
     assert steady_throughput([]) == (None, None)
 
 

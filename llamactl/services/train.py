@@ -133,8 +133,14 @@ def steady_throughput(history: list[dict]) -> tuple[float | None, float | None]:
     The first steps hold compilation and warm-up (the first step of a compiled 1B run takes seconds),
     so they are left out; pauses inside the second half (checkpoints, evaluation) stay in, as the
     user pays for them. Runs too short for two halves fall back to the last record's rolling rate.
+    Only this process's records count: a resumed run's file also holds the earlier process's steps,
+    timed from that process's start.
     """
     recs = [r for r in history if r.get("elapsed_s") is not None and r.get("tokens") is not None]
+    start = len(recs) - 1
+    while start > 0 and recs[start - 1]["elapsed_s"] < recs[start]["elapsed_s"]:
+        start -= 1
+    recs = recs[start:]
     last = next((r for r in reversed(history) if r.get("tokens_per_s")), None)
     if not last:
         return None, None
