@@ -42,7 +42,9 @@ def expected_mfu(impl: str, compiled: bool, micro_batch: int) -> float:
 
 def fsdp_scaling(cfg: TrainConfig, gpus: int) -> float:
     """Tokens/s per GPU of ``cfg`` on ``gpus`` GPUs relative to one GPU (see ``FSDP2_SCALING``)."""
-    if gpus <= 1 or not cfg.fsdp_config or str(cfg.fsdp_config.get("version", 2)) == "1":
+    from llamactl.training.trainer import fsdp_version
+
+    if gpus <= 1 or not cfg.fsdp_config or fsdp_version(cfg.fsdp_config) == 1:
         return 1.0
     return _interpolate(FSDP2_SCALING, cfg.device_train_microbatch_size)
 

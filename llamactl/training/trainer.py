@@ -210,6 +210,14 @@ def compile_model(module: torch.nn.Module, how: bool | str, loss: bool = True) -
         module.compile()
 
 
+def fsdp_version(fsdp_config: dict[str, Any]) -> int:
+    """The FSDP implementation ``fsdp_config.version`` asks for: 2 (default) or 1."""
+    version = fsdp_config.get("version", 2)
+    if version not in (1, 2, "1", "2"):
+        raise ConfigError(f"fsdp_config.version must be 1 or 2, got {version!r}")
+    return int(version)
+
+
 def fsdp_parallelism(fsdp_config: dict[str, Any] | None, *, gpu: bool) -> dict[str, Any] | None:
     """Composer's ``parallelism_config`` for ``fsdp_config``, choosing the FSDP implementation.
 
@@ -223,11 +231,8 @@ def fsdp_parallelism(fsdp_config: dict[str, Any] | None, *, gpu: bool) -> dict[s
     """
     if not fsdp_config:
         return None
-    section = dict(fsdp_config)
-    version = section.pop("version", 2)
-    if version not in (1, 2, "1", "2"):
-        raise ConfigError(f"fsdp_config.version must be 1 or 2, got {version!r}")
-    version = int(version)
+    version = fsdp_version(fsdp_config)
+    section = {k: v for k, v in fsdp_config.items() if k != "version"}
     if version == 1 and not gpu:
         raise ConfigError("fsdp_config.version=1 (FSDP1) needs GPUs; use version 2 or remove fsdp_config "
                           "to train on the CPU")
