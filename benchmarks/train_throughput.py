@@ -143,10 +143,9 @@ def run_variant(name: str, overrides: list[str], args, data_dir: Path, runs: Pat
     cfg = build(TrainConfig, data, "")
     world = world_size()
     if world > 1:  # join the process group first, then one run directory for every rank, as `llamactl train --gpus`
-        from composer.devices import DeviceCPU, DeviceGPU
-        from composer.utils import dist
+        from llamactl.services.train import _init_process_group
 
-        dist.initialize_dist(DeviceGPU() if torch.cuda.is_available() else DeviceCPU(), timeout=600)
+        _init_process_group(cfg.dist_timeout)
         run_dir = runs / f"bench-{name}-{world}gpus"
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
@@ -216,15 +215,19 @@ def main() -> None:
     ap.add_argument("--single", default=None, metavar="NAME:STEPS",
                     help="run one variant in this process and print its RESULT json (with --data); under "
                          "torchrun with --extra fsdp_config.* this measures FSDP on N GPUs")
-    ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--data", default=None, help="with --single: the MDS folder to train on (its --split)")
     args = ap.parse_args()
 
     from llamactl.model.presets import preset
 
     vocab = preset(args.preset).vocab_size
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    if args.single:  # child process: one variant, result as the last line of stdout
-        name, steps = args.single.split(":")
+    if args.single:  # one variant in this process (a child, or a torchrun rank), result as the last line of stdout
+        name, _, steps = args.single.partition(":")
+        if name not in VARIANTS or not steps.isdigit():
+            ap.error(f"--single takes NAME:STEPS with NAME one of {', '.join(VARIANTS)}, e.g. fast-layers:24")
+        if not args.data:
+            ap.error("--single needs --data, a folder of packed MDS samples (e.g. from llamactl prepare-data)")
         runs = Path(os.environ.get("LLAMACTL_BENCH_RUNS") or Path(args.data).parent / "runs")
         r = run_variant(name, VARIANTS[name], args, Path(args.data), runs, int(steps))
         if rank() == 0:
